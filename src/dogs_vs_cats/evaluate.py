@@ -1,0 +1,73 @@
+"""Stage `evaluate`: accuracy, log loss and ROC AUC on the validation and holdout sets.
+
+The holdout set is touched by nothing else in the pipeline (the temperature is
+fitted on validation), so its figures are the honest ones.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sklearn import metrics as skm
+
+from .common import write_csv, write_json
+from .params import Params
+from .predict import Predictor
+from .prepare import OUT as PREPARED, read_records
+from .train import MODEL
+
+OUT = Path("metrics/eval.json")
+PLOTS = Path("metrics/plots")
+
+
+def predict_records(predictor: Predictor, path: Path, batch_size: int = 64):
+    """(P(dog), labels, names) for every image of a prepared TFRecord file."""
+    ps, ys, names = [], [], []
+    for x, y, n in read_records(path, predictor.image_size).batch(batch_size).as_numpy_iterator():
+        ps.append(predictor.p_dog(x))
+        ys.append(y)
+        names += [s.decode() for s in n]
+    if not ps:
+        return np.zeros(0), np.zeros(0, dtype=int), []
+    return np.concatenate(ps), np.concatenate(ys), names
+
+
+def scores(p: np.ndarray, y: np.ndarray) -> dict:
+    both = len(set(y.tolist())) == 2
+    return {
+        "images": int(len(y)),
+        "accuracy": round(float(np.mean((p >= 0.5) == (y == 1))), 4),
+        "log_loss": round(float(skm.log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1])), 4),
+        "roc_auc": round(float(skm.roc_auc_score(y, p)), 4) if both else None,
+    }
+
+
+def _curve_rows(a: np.ndarray, b: np.ndarray, max_points: int = 400):
+    idx = np.unique(np.linspace(0, len(a) - 1, min(len(a), max_points)).round().astype(int))
+    return [(round(float(a[i]), 5), round(float(b[i]), 5)) for i in idx]
+
+
+def run(params: Params) -> None:
+    predictor = Predictor(MODEL)
+    result = {}
+    for key in ("val", "holdout"):
+        p, y, _ = predict_records(predictor, PREPARED / f"{key}.tfrecord")
+        result[key] = scores(p, y)
+        if key == "holdout":
+            holdout = (p, y)
+    result["model"] = {"params": predictor.params, "bytes": MODEL.stat().st_size}
+
+    p, y = holdout
+    classes = np.array(["cat", "dog"])
+    write_csv(PLOTS / "confusion.csv", ["actual", "predicted"], zip(classes[y], classes[(p >= 0.5).astype(int)]))
+    if len(set(y.tolist())) == 2:
+        fpr, tpr, _ = skm.roc_curve(y, p)
+        precision, recall, _ = skm.precision_recall_curve(y, p)
+        write_csv(PLOTS / "roc.csv", ["fpr", "tpr"], _curve_rows(fpr, tpr))
+        write_csv(PLOTS / "precision_recall.csv", ["recall", "precision"], _curve_rows(recall[::-1], precision[::-1]))
+    else:
+        write_csv(PLOTS / "roc.csv", ["fpr", "tpr"], [])
+        write_csv(PLOTS / "precision_recall.csv", ["recall", "precision"], [])
+    write_json(OUT, result)
+    h = result["holdout"]
+    print(f"evaluate: holdout accuracy {h['accuracy']}, log loss {h['log_loss']}, ROC AUC {h['roc_auc']}")
