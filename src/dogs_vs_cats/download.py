@@ -14,6 +14,8 @@ import contextlib
 import io
 import os
 import shutil
+import signal
+import time
 import zipfile
 from pathlib import Path
 
@@ -84,11 +86,14 @@ def _install(fill) -> None:
     tmp = RAW.with_name(RAW.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    fill(tmp)
-    for name in ("train.zip", "test.zip"):
-        check_archive(tmp / name)
-    shutil.rmtree(RAW, ignore_errors=True)
-    os.replace(tmp, RAW)
+    try:
+        fill(tmp)
+        for name in ("train.zip", "test.zip"):
+            check_archive(tmp / name)
+        shutil.rmtree(RAW, ignore_errors=True)
+        os.replace(tmp, RAW)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _extract_bundle(bundle: Path, dest: Path) -> None:
@@ -124,13 +129,61 @@ def _from_local(source: Path) -> None:
         _install(lambda dest: _extract_bundle(source, dest))
 
 
-def _from_kaggle(competition: str) -> None:
+@contextlib.contextmanager
+def _stall_guard(path: Path, timeout_s: float):
+    """Raise TimeoutError in the main thread when `path` stops growing for `timeout_s`.
+
+    The client leaves socket reads without a timeout while it follows the redirect to
+    the archive, so a silent server would hang the stage forever. A timer signal
+    interrupts the blocked read however deep in the client it sits.
+    """
+    state = {"size": -1, "since": time.monotonic()}
+
+    def tick(signum, frame):
+        size = path.stat().st_size if path.exists() else 0
+        now = time.monotonic()
+        if size != state["size"]:
+            state.update(size=size, since=now)
+        elif now - state["since"] > timeout_s:
+            state["since"] = now  # let a retry have its own full timeout
+            raise TimeoutError(f"no data from the server for {timeout_s:g}s")
+
+    previous = signal.signal(signal.SIGALRM, tick)
+    signal.setitimer(signal.ITIMER_REAL, 0.25, 0.25)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _fetch(api, competition: str, bundle: Path, retries: int, timeout_s: float) -> None:
+    """`KaggleApi.competition_download_files`, with our retry count and read timeout.
+
+    The client's own wrapper fixes 5 retries and a 300 s read timeout; a hung server
+    would stall `dvc repro` for half an hour before saying anything.
+    """
+    from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFilesRequest
+
+    with api.build_kaggle_client() as kaggle:
+        request = ApiDownloadDataFilesRequest()
+        request.competition_name = competition
+        response = kaggle.competitions.competition_api_client.download_data_files(request)
+        if not response.url.split("?")[0].endswith(".zip"):
+            raise UserError(f"Kaggle served '{competition}' as {response.url.split('?')[0]}, not a zip; report this")
+        if api.download_needed(response, str(bundle), quiet=False):
+            api.download_file(response, str(bundle), kaggle.http_client(), quiet=False, resume=True,
+                              max_retries=retries, timeout=timeout_s)
+
+
+def _from_kaggle(competition: str, retries: int, timeout_s: float) -> None:
     api = kaggle_api()
     STAGING.mkdir(parents=True, exist_ok=True)
     bundle = STAGING / f"{competition}.zip"
     log(f"download: fetching competition '{competition}' with the kaggle client")
     try:
-        api.competition_download_files(competition, path=str(STAGING), quiet=False)
+        with _stall_guard(bundle, timeout_s):
+            _fetch(api, competition, bundle, retries, timeout_s)
     except UserError:
         raise
     except Exception as exc:  # the client raises requests/ValueError/OSError variants
@@ -154,7 +207,7 @@ def _from_kaggle(competition: str) -> None:
 def run(params: Params) -> None:
     source = params.data.source
     if source == "kaggle":
-        _from_kaggle(params.data.competition)
+        _from_kaggle(params.data.competition, params.data.retries, params.data.timeout_s)
     else:
         _from_local(Path(source).expanduser())
     sizes = ", ".join(f"{f} {(RAW / f).stat().st_size / 1e6:.1f} MB" for f in FILES)

@@ -30,6 +30,8 @@ class ParamError(UserError):
 class Data:
     competition: str = "dogs-vs-cats-redux-kernels-edition"
     source: str = "kaggle"
+    retries: int = 5
+    timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,8 @@ def _choice(options):
 _RULES: dict[str, tuple] = {
     "data.competition": ((lambda v: bool(v.strip()) and "/" not in v), "a Kaggle competition slug"),
     "data.source": ((lambda v: bool(v.strip())), "'kaggle' or a path to the competition zip or folder"),
+    "data.retries": _between(0, 100),
+    "data.timeout_s": _between(0, 3600, lo_open=True),
     "split.seed": _between(0, 2**31 - 1),
     "split.n_train": _between(2, 10_000_000),
     "split.n_val": _between(2, 10_000_000),
@@ -196,7 +200,8 @@ def _build(cls, raw: Any, prefix: str):
         if rule is not None:
             check, accepted = rule
             if not check(value):
-                raise ParamError(f"params.yaml: {key} = {value!r} is invalid: expected {accepted}")
+                shown = raw.get(name, value)
+                raise ParamError(f"params.yaml: {key} = {shown!r} is invalid: expected {accepted}")
         values[name] = value
     return cls(**values)
 

@@ -1,0 +1,134 @@
+"""split and prepare on tiny generated competitions: labels, balance, decoding of real-world messes."""
+from __future__ import annotations
+
+import csv
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import image_bytes, make_competition, project_env, run_cli
+from dogs_vs_cats import params as P
+from dogs_vs_cats.prepare import BadImage, load_image
+from dogs_vs_cats.split import make_split
+
+
+def params_with(**sections):
+    raw = {}
+    for dotted, v in sections.items():
+        section, key = dotted.split("__")
+        raw.setdefault(section, {})[key] = v
+    return P.from_dict(raw)
+
+
+def fake_names(n):
+    return {0: [f"train/cat.{i}.jpg" for i in range(n)], 1: [f"train/dog.{i}.jpg" for i in range(n)]}
+
+
+def test_split_is_balanced_disjoint_and_deterministic():
+    params = params_with(split__n_train=20, split__n_val=10, split__n_holdout=6)
+    a = make_split(fake_names(30), params)
+    assert a == make_split(fake_names(30), params)
+    assert {k: len(v) for k, v in a.items()} == {"train": 20, "val": 10, "holdout": 6}
+    for rows in a.values():
+        assert sum(label for _, label in rows) * 2 == len(rows)
+        assert all(("dog" in name) == bool(label) for name, label in rows)
+    names = [set(n for n, _ in rows) for rows in a.values()]
+    assert not (names[0] & names[1]) and not (names[0] & names[2]) and not (names[1] & names[2])
+    other_seed = make_split(fake_names(30), params_with(split__n_train=20, split__n_val=10, split__n_holdout=6, split__seed=7))
+    assert other_seed["train"] != a["train"]
+
+
+def test_growing_the_training_set_never_moves_validation_or_holdout_images():
+    small = make_split(fake_names(40), params_with(split__n_train=10, split__n_val=8, split__n_holdout=8))
+    large = make_split(fake_names(40), params_with(split__n_train=40, split__n_val=8, split__n_holdout=8))
+    assert small["val"] == large["val"] and small["holdout"] == large["holdout"]
+    assert set(small["train"]) < set(large["train"])
+
+
+def test_a_split_larger_than_the_data_names_the_keys_to_lower():
+    with pytest.raises(P.UserError, match=r"split.n_train \+ split.n_val \+ split.n_holdout = 60 needs 30 cat images but train.zip has 10"):
+        make_split(fake_names(10), params_with(split__n_train=40, split__n_val=10, split__n_holdout=10))
+
+
+def test_split_stage_ignores_unlabelled_names_with_a_warning(tmp_path):
+    comp = make_competition(tmp_path / "comp", n_per_class=6, extra_train={"readme.txt": b"hi", "bird.1.jpg": image_bytes()})
+    (tmp_path / "params.yaml").write_text(
+        f"data: {{source: {comp}}}\nsplit: {{n_train: 4, n_val: 4, n_holdout: 2}}\n"
+    )
+    assert run_cli(["download"], tmp_path).returncode == 0
+    result = run_cli(["split"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "ignored 2 file(s) in train.zip" in result.stderr
+    rows = list(csv.DictReader(open(tmp_path / "data/split/train.csv")))
+    assert len(rows) == 4 and {r["label"] for r in rows} == {"0", "1"}
+
+
+@pytest.mark.parametrize(
+    "kind, fmt, mode",
+    [("cat", "JPEG", "L"), ("dog", "JPEG", "CMYK"), ("cat", "PNG", "RGBA"), ("dog", "PNG", "I;16"),
+     ("cat", "GIF", "P"), ("dog", "PNG", "RGB"), ("cat", "BMP", "RGB")],
+)
+def test_any_decodable_image_becomes_size_by_size_rgb(kind, fmt, mode):
+    reference = load_image(image_bytes(kind, (64, 48)), 32).astype(int)
+    out = load_image(image_bytes(kind, (64, 48), fmt=fmt, mode=mode), 32)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    # Whatever the mode, the picture survives: bright where the RGB original is bright.
+    gray_ref, gray_out = reference.mean(axis=2), out.astype(int).mean(axis=2)
+    assert np.corrcoef(gray_ref.ravel(), gray_out.ravel())[0, 1] > 0.8
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped():
+    out = load_image(image_bytes("cat", (64, 48), fmt="PNG", mode="I;16"), 32)
+    assert 0 < out.mean() < 250  # clipping would make nearly everything 255
+
+
+@pytest.mark.parametrize("data, why", [(b"", "empty"), (b"not an image at all", "cannot identify"),
+                                       (image_bytes()[:200], "truncated")])
+def test_undecodable_bytes_raise_bad_image(data, why):
+    with pytest.raises(BadImage) as err:
+        load_image(data, 32)
+    assert why in str(err.value).lower() or why == "truncated"
+
+
+def test_prepare_skips_and_reports_bad_training_images_and_keeps_test_ids(tmp_path):
+    bad = {"cat.100.jpg": b"", "dog.100.jpg": image_bytes()[:300], "cat.101.jpg": image_bytes("cat", fmt="PNG")}
+    comp = make_competition(tmp_path / "comp", n_per_class=8, extra_train=bad, extra_test={"77.jpg": b"garbage"})
+    (tmp_path / "params.yaml").write_text(
+        f"data: {{source: {comp}}}\nsplit: {{n_train: 14, n_val: 2, n_holdout: 2}}\nprepare: {{image_size: 32}}\n"
+    )
+    for stage in ("download", "split", "prepare"):
+        result = run_cli([stage], tmp_path)
+        assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "metrics/prepare.json").read_text())
+    skipped = {s["file"] for key in ("train", "val", "holdout") for s in report["skipped"][key]}
+    assert skipped <= {"train/cat.100.jpg", "train/dog.100.jpg"}
+    assert report["skipped"]["test"] == [{"file": "test/77.jpg", "error": report["skipped"]["test"][0]["error"]}]
+    assert report["warnings"] == len(skipped) + 1
+    assert "warning(s)" in result.stderr and "skipping test.zip:test/77.jpg" in result.stderr
+    assert report["images"]["test"] == 6
+    # The PNG named .jpg was converted, not skipped (it is a decodable image).
+    assert "train/cat.101.jpg" not in skipped
+
+
+@pytest.mark.parametrize("which", ["train.zip", "test.zip"])
+def test_an_archive_that_is_not_a_zip_is_refused_by_name(tmp_path, which):
+    comp = make_competition(tmp_path / "comp")
+    (comp / which).write_bytes(b"this is not a zip")
+    (tmp_path / "params.yaml").write_text(f"data: {{source: {comp}}}\n")
+    result = run_cli(["download"], tmp_path)
+    assert result.returncode == 1
+    assert f"{which}: not a complete zip archive" in result.stderr
+    assert not (tmp_path / "data/raw").exists()
+
+
+def test_a_zip_without_train_images_is_refused(tmp_path):
+    comp = make_competition(tmp_path / "comp")
+    with zipfile.ZipFile(comp / "train.zip", "w") as zf:
+        zf.writestr("photos/readme.txt", "nothing here")
+    (tmp_path / "params.yaml").write_text(f"data: {{source: {comp}}}\n")
+    assert run_cli(["download"], tmp_path).returncode == 0
+    result = run_cli(["split"], tmp_path)
+    assert result.returncode == 1
+    assert "holds no file named like train/cat.N.jpg" in result.stderr

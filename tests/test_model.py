@@ -1,0 +1,63 @@
+"""SqueezeNet: the architecture the paper and the demo describe, and the calibration fold."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from dogs_vs_cats.model import fold_temperature, squeezenet, with_flip_tta  # noqa: E402
+
+
+def test_v1_0_without_batch_norm_is_the_demos_736450_parameter_net():
+    net = squeezenet("squeezenet1_0", 224, classes=2, batch_norm=False, classifier_relu=True)
+    assert net.count_params() == 736_450
+    assert [l.name for l in net.layers if l.name.endswith("_concat")] == [f"fire{i}_concat" for i in range(2, 10)]
+    assert net.get_layer("conv1").kernel_size == (7, 7) and net.get_layer("conv1").filters == 96
+    assert not any(isinstance(l, keras.layers.BatchNormalization) for l in net.layers)
+
+
+def test_v1_1_and_batch_norm_variants():
+    assert squeezenet("squeezenet1_1", 128).count_params() == 723_522
+    assert squeezenet("squeezenet1_1", 128).get_layer("conv1").kernel_size == (3, 3)
+    bn = squeezenet("squeezenet1_0", 128, batch_norm=True)
+    assert sum(isinstance(l, keras.layers.BatchNormalization) for l in bn.layers) == 25
+    with pytest.raises(ValueError, match="unknown SqueezeNet version 'alexnet'"):
+        squeezenet("alexnet", 128)
+
+
+def test_parameter_count_does_not_depend_on_image_size():
+    assert squeezenet("squeezenet1_0", 96).count_params() == squeezenet("squeezenet1_0", 227).count_params()
+
+
+def _logit_gap(net, x):
+    p = np.asarray(net(x, training=False), dtype=np.float64)
+    return np.log(p[:, 1]) - np.log(p[:, 0])
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_folding_a_temperature_divides_the_logits_exactly(relu):
+    keras.utils.set_random_seed(1)
+    net = squeezenet("squeezenet1_1", 64, classifier_relu=relu)
+    # Make the head non-trivial so the logits differ between images.
+    kernel, bias = net.get_layer("conv10").get_weights()
+    net.get_layer("conv10").set_weights([kernel * 50, bias + np.array([0.3, 0.1])])
+    x = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype("float32")
+    before = _logit_gap(net, x)
+    fold_temperature(net, 2.5)
+    assert np.allclose(_logit_gap(net, x), before / 2.5, atol=1e-4)
+    assert np.abs(before).max() > 1e-3  # the check above compared real numbers, not zeros
+    with pytest.raises(ValueError):
+        fold_temperature(net, 0)
+
+
+def test_flip_tta_averages_image_and_mirror_and_shares_weights():
+    keras.utils.set_random_seed(2)
+    net = squeezenet("squeezenet1_1", 64)
+    tta = with_flip_tta(net)
+    assert tta.count_params() == net.count_params()
+    x = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype("float32")
+    expected = (np.asarray(net(x)) + np.asarray(net(x[:, :, ::-1]))) / 2
+    assert np.allclose(np.asarray(tta(x)), expected, atol=1e-6)
+    # A mirrored image gets exactly the same answer.
+    assert np.allclose(np.asarray(tta(x[:, :, ::-1])), np.asarray(tta(x)), atol=1e-6)

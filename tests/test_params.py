@@ -1,0 +1,117 @@
+"""params.yaml validation: every bad value stops with one line naming the key."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import ROOT, project_env, run_cli
+from dogs_vs_cats import params as P
+
+DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def with_value(dotted: str, value):
+    raw = copy.deepcopy(DEFAULTS)
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    return raw
+
+
+def test_shipped_params_file_is_valid_and_matches_the_code_defaults():
+    assert P.load(ROOT / "params.yaml") == P.from_dict(DEFAULTS)
+    # Every key in the file is known and every default in the code appears in the file.
+    assert P.as_dict(P.from_dict(DEFAULTS)) == DEFAULTS
+
+
+@pytest.mark.parametrize(
+    "key, value, expect",
+    [
+        ("train.learning_rate", -0.1, "train.learning_rate = -0.1 is invalid: expected a number in (0, 10]"),
+        ("train.model", "resnet50", "train.model = 'resnet50' is invalid: expected one of squeezenet1_0, squeezenet1_1"),
+        ("train.epochs", 2.5, "train.epochs = 2.5 is invalid: expected a whole number"),
+        ("train.batch_norm", "yes", "train.batch_norm = 'yes' is invalid: expected true or false"),
+        ("split.n_train", 0, "split.n_train = 0 is invalid"),
+        ("prepare.image_size", 4096, "prepare.image_size = 4096 is invalid"),
+        ("train.precision", "fp8", "expected one of auto, float32, mixed_bfloat16"),
+        ("train.augment.crop_scale", 1.5, "train.augment.crop_scale = 1.5 is invalid"),
+        ("submission.clip", 0.5, "submission.clip = 0.5 is invalid"),
+        ("train.learning_rate", float("nan"), "expected a finite number"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_accepted_range(key, value, expect):
+    with pytest.raises(P.ParamError) as err:
+        P.from_dict(with_value(key, value))
+    assert expect in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_keys_are_typos_and_are_refused():
+    raw = copy.deepcopy(DEFAULTS)
+    raw["train"]["learning_rte"] = 0.1
+    with pytest.raises(P.ParamError, match="unknown key train.learning_rte; accepted keys here: model"):
+        P.from_dict(raw)
+
+
+def test_warmup_must_be_shorter_than_training():
+    raw = with_value("train.warmup_epochs", 5)
+    raw["train"]["epochs"] = 5
+    with pytest.raises(P.ParamError, match="train.warmup_epochs = 5 is invalid: expected fewer than train.epochs"):
+        P.from_dict(raw)
+
+
+def test_cli_prints_one_line_and_exits_nonzero_on_a_bad_params_file(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_value("train.learning_rate", -1)))
+    result = run_cli(["split"], cwd=tmp_path, env=project_env())
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: params.yaml: train.learning_rate = -1 is invalid: expected a number in (0, 10]"
+    ]
+    (tmp_path / "params.yaml").write_text("train: [unclosed\n")
+    result = run_cli(["split"], cwd=tmp_path, env=project_env())
+    assert result.returncode == 1 and "params.yaml: not valid YAML at line" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# Values of every YAML type, to throw at every key.
+yaml_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**9, 10**9), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
+leaf_keys = sorted(
+    f"{section}.{k}" if not isinstance(v, dict) else f"{section}.{k}.{kk}"
+    for section, body in DEFAULTS.items() for k, v in body.items()
+    for kk in (v if isinstance(v, dict) else [None])
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=st.sampled_from(leaf_keys), value=yaml_values)
+def test_fuzz_any_value_gives_a_valid_config_or_one_clean_error(key, value):
+    try:
+        params = P.from_dict(with_value(key, value))
+    except P.ParamError as exc:
+        message = str(exc)
+        assert message.startswith("params.yaml: ") and "\n" not in message
+        assert key in message or "train.warmup_epochs" in message or "unknown key" in message
+    else:
+        # Accepted: the value must have landed, typed as the default is.
+        node = params
+        for part in key.split("."):
+            node = getattr(node, part)
+        assert node == value and type(node) in (type(value), float, int)
+
+
+@settings(max_examples=100, deadline=None)
+@given(raw=st.one_of(yaml_values, st.dictionaries(st.sampled_from(list(DEFAULTS) + ["extra"]), yaml_values, max_size=4)))
+def test_fuzz_whole_documents_never_raise_anything_but_param_error(raw):
+    try:
+        P.from_dict(raw)
+    except P.ParamError as exc:
+        assert "\n" not in str(exc)
