@@ -39,9 +39,41 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up chatter (CUDA probing, absl) kept off stderr.
+
+    TF_CPP_MIN_LOG_LEVEL does not silence those lines, and they bury our one-line
+    messages. The chatter is replayed if the import itself fails.
+    """
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # device probing prints its own errors; do it here
+        except BaseException:
+            os.dup2(saved, 2)
+            capture.seek(0)
+            sys.stderr.write(capture.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of stage logs
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
+    needs_tf = args.command in STAGES or not str(getattr(args, "model", ".tflite")).endswith(".tflite")
+    if needs_tf and args.command not in ("download", "split", "submit"):
+        try:
+            _import_tensorflow_quietly()
+        except ImportError:
+            pass  # the command reports what is missing in its own words
     try:
         if args.command == "predict":
             from . import predict

@@ -1,0 +1,124 @@
+"""End to end: `dvc repro` in a fresh git repository, the real kaggle client, the fake Kaggle server."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import zipfile
+
+import pytest
+
+from conftest import SHARED_COMPETITION, copy_project, image_bytes, project_env, run_cli, set_params
+from dogs_vs_cats.submission import check
+
+SMALL = {
+    "split.n_train": 100, "split.n_val": 40, "split.n_holdout": 40,
+    "prepare.image_size": 64,
+    "train.epochs": 2, "train.warmup_epochs": 1, "train.batch_size": 25,
+}
+
+
+def dvc(args, cwd, env, timeout=900):
+    return subprocess.run(["dvc", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory):
+    """One small `dvc repro` shared by the assertions below (it is the slow part)."""
+    from fake_kaggle import FakeKaggle
+
+    root = tmp_path_factory.mktemp("e2e")
+    project = copy_project(root / "project")
+    (root / "home").mkdir()
+    set_params(project, **SMALL)
+    with FakeKaggle() as fake:
+        env = project_env(fake.env(), home=root / "home")
+        first = dvc(["repro"], project, env)
+        status = dvc(["status"], project, env)
+        second = dvc(["repro"], project, env)
+        yield {"project": project, "env": env, "first": first, "status": status, "second": second,
+               "requests": list(fake.requests), "fake": fake}
+
+
+def test_repro_runs_every_stage_against_the_fake_kaggle(repro):
+    first = repro["first"]
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    for stage in ("download", "split", "prepare", "train", "evaluate", "submission"):
+        assert f"Running stage '{stage}'" in first.stdout
+    assert "/v1/competitions.CompetitionApiService/DownloadDataFiles" in repro["requests"]
+
+
+def test_stage_outputs_exist_and_make_sense(repro):
+    p = repro["project"]
+    assert (p / "data/raw/train.zip").read_bytes() == (SHARED_COMPETITION / "train.zip").read_bytes()
+    sets = {k: list(csv.DictReader(open(p / f"data/split/{k}.csv"))) for k in ("train", "val", "holdout")}
+    assert {k: len(v) for k, v in sets.items()} == {"train": 100, "val": 40, "holdout": 40}
+    assert sum(int(r["label"]) for r in sets["train"]) == 50
+    with zipfile.ZipFile(SHARED_COMPETITION / "train.zip") as zf:
+        assert {r["file"] for rows in sets.values() for r in rows} <= set(zf.namelist())
+
+    prepared = json.loads((p / "metrics/prepare.json").read_text())
+    assert prepared["images"] == {"train": 100, "val": 40, "holdout": 40, "test": 500}
+    assert (p / "data/prepared/train.tfrecord").stat().st_size > 100 * 64 * 64 * 3
+
+    log_rows = list(csv.DictReader(open(p / "metrics/train_log.csv")))
+    assert [int(r["epoch"]) for r in log_rows] == [1, 2]
+    assert all(0 <= float(r["val_accuracy"]) <= 1 for r in log_rows)
+
+    ev = json.loads((p / "metrics/eval.json").read_text())
+    for key in ("val", "holdout"):
+        assert set(ev[key]) == {"images", "accuracy", "log_loss", "roc_auc"}
+        assert 0 <= ev[key]["accuracy"] <= 1 and ev[key]["log_loss"] > 0 and 0 <= ev[key]["roc_auc"] <= 1
+    assert ev["val"]["images"] == 40 and ev["holdout"]["images"] == 40
+    assert ev["model"]["params"] == 723_522
+    assert ev["model"]["bytes"] == (p / "data/model/model.keras").stat().st_size
+
+    confusion = list(csv.DictReader(open(p / "metrics/plots/confusion.csv")))
+    assert len(confusion) == 40 and {r["actual"] for r in confusion} == {"cat", "dog"}
+    roc = list(csv.DictReader(open(p / "metrics/plots/roc.csv")))
+    assert float(roc[0]["fpr"]) == 0 and float(roc[-1]["tpr"]) == 1
+
+    sub = p / "data/submission.csv"
+    assert check(sub, SHARED_COMPETITION / "sample_submission.csv") == 500
+    rows = list(csv.reader(open(sub)))
+    assert rows[0] == ["id", "label"]
+    assert [int(r[0]) for r in rows[1:]] == sorted(int(r[0]) for r in rows[1:])
+    labels = [float(r[1]) for r in rows[1:]]
+    assert min(labels) >= 0.01 and max(labels) <= 0.99
+
+
+def test_nothing_left_to_do_afterwards(repro):
+    assert repro["status"].returncode == 0
+    assert "Data and pipelines are up to date" in repro["status"].stdout
+    second = repro["second"]
+    assert second.returncode == 0 and "Running stage" not in second.stdout
+    assert "didn't change, skipping" in second.stdout
+
+
+def test_plots_render_the_demo_figure_and_the_holdout_curves(repro):
+    out = repro["project"] / "plots_html"
+    result = dvc(["plots", "show", "-o", str(out)], repro["project"], repro["env"])
+    assert result.returncode == 0, result.stderr
+    html = (out / "index.html").read_text()
+    for title in ("Accuracy per epoch", "Holdout confusion matrix", "Holdout ROC curve", "precision-recall"):
+        assert title in html
+
+
+def test_the_trained_model_predicts_new_images(repro, tmp_path):
+    (tmp_path / "a.jpg").write_bytes(image_bytes("cat", (200, 150)))
+    out = tmp_path / "p.csv"
+    result = run_cli(["predict", "--model", str(repro["project"] / "data/model/model.keras"), str(tmp_path / "a.jpg"),
+                      "--out", str(out)], repro["project"], env=repro["env"])
+    assert result.returncode == 0, result.stderr
+    (row,) = list(csv.DictReader(open(out)))
+    assert 0 < float(row["p_dog"]) < 1
+
+
+def test_changing_a_training_param_does_not_rerun_download_split_or_prepare(repro):
+    p, env = repro["project"], repro["env"]
+    result = dvc(["status"], p, env)
+    set_params(p, **{"train.label_smoothing": 0.05})
+    result = dvc(["status", "--json"], p, env)
+    changed = set(json.loads(result.stdout))
+    assert changed == {"train"}
+    set_params(p, **{"train.label_smoothing": SMALL.get("train.label_smoothing", 0.1)})
