@@ -44,14 +44,14 @@ class Split:
 
 @dataclass(frozen=True)
 class Prepare:
-    image_size: int = 128
+    image_size: int = 96
     workers: int = 0
 
 
 @dataclass(frozen=True)
 class Augment:
     flip: bool = True
-    crop_scale: float = 0.5
+    crop_scale: float = 0.35
     rotation: float = 0.05
     contrast: float = 0.2
     brightness: float = 0.1
@@ -60,16 +60,16 @@ class Augment:
 @dataclass(frozen=True)
 class Train:
     model: str = "squeezenet1_1"
-    batch_norm: bool = False
+    batch_norm: bool = True
     classifier_relu: bool = False
     dropout: float = 0.5
     optimizer: str = "adamw"
-    learning_rate: float = 0.002
+    learning_rate: float = 0.003
     weight_decay: float = 0.05
     momentum: float = 0.9
     schedule: str = "cosine"
     warmup_epochs: int = 3
-    epochs: int = 60
+    epochs: int = 70
     batch_size: int = 32
     label_smoothing: float = 0.1
     precision: str = "auto"

@@ -15,11 +15,7 @@ import numpy as np
 
 from .common import UserError, atomic_path, log, write_csv
 from .download import RAW
-from .evaluate import predict_records
 from .params import Params
-from .predict import Predictor
-from .prepare import OUT as PREPARED
-from .train import MODEL
 
 OUT = Path("data/submission.csv")
 
@@ -75,6 +71,12 @@ def check(path: Path, sample: Path) -> int:
 
 
 def run(params: Params) -> None:
+    # Imported here so that `submit`, which only needs `check`, starts without TensorFlow.
+    from .evaluate import predict_records
+    from .predict import Predictor
+    from .prepare import OUT as PREPARED
+    from .train import MODEL
+
     predictor = Predictor(MODEL)
     p, _, names = predict_records(predictor, PREPARED / "test.tfrecord")
     by_id = {int(Path(n).stem): float(x) for n, x in zip(names, p)}
