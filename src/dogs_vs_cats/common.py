@@ -27,6 +27,10 @@ def atomic_path(path: str | Path, suffix: str | None = None):
         dir=path.parent, prefix=f".{path.name}.", suffix=suffix if suffix is not None else ".tmp"
     )
     os.close(fd)
+    # mkstemp makes owner-only files; give outputs the permissions any new file would get.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     tmp = Path(tmp)
     try:
         yield tmp

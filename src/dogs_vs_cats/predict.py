@@ -18,20 +18,32 @@ from .prepare import BadImage, load_image
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-def _litert_interpreter(path: str, threads: int | None):
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
+def _litert():
+    """The interpreter module of whichever LiteRT runtime is installed."""
+    for name in ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite"):
         try:
-            from tflite_runtime.interpreter import Interpreter
+            return __import__(name, fromlist=["Interpreter"])
         except ImportError:
-            try:
-                from tensorflow.lite import Interpreter
-            except ImportError:
-                raise UserError(
-                    f"{path}: a .tflite model needs a LiteRT runtime; pip install ai-edge-litert"
-                ) from None
-    return Interpreter(model_path=path, num_threads=threads)
+            continue
+    return None
+
+
+def _litert_interpreter(path: str, threads: int | None):
+    runtime = _litert()
+    if runtime is None:
+        raise UserError(f"{path}: a .tflite model needs a LiteRT runtime; pip install ai-edge-litert")
+    interp = runtime.Interpreter(model_path=path, num_threads=threads)
+    try:
+        interp.allocate_tensors()
+    except RuntimeError:
+        # XNNPACK refuses some quantised graphs (degenerate scales); the built-in kernels run them all.
+        resolver = getattr(runtime, "OpResolverType", None) or runtime.experimental.OpResolverType
+        interp = runtime.Interpreter(
+            model_path=path, num_threads=threads,
+            experimental_op_resolver_type=resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
+        interp.allocate_tensors()
+    return interp
 
 
 class Predictor:

@@ -1,0 +1,147 @@
+"""Edge deployment: TFLite export, prediction without TensorFlow, and the HTTP service."""
+from __future__ import annotations
+
+import csv
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from conftest import BIN, image_bytes, project_env
+
+keras = pytest.importorskip("keras")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A small SqueezeNet with a sharpened head (so answers vary), as .keras and all three TFLite forms."""
+    from dogs_vs_cats.export import convert
+    from dogs_vs_cats.model import squeezenet, with_flip_tta
+    from dogs_vs_cats.prepare import load_image
+
+    keras.utils.set_random_seed(0)
+    folder = tmp_path_factory.mktemp("models")
+    x = np.stack([load_image(image_bytes(k, (60, 40), seed=i), 48) for i in range(24) for k in ("cat", "dog")])
+    net = squeezenet("squeezenet1_1", 48)
+    k, b = net.get_layer("conv10").get_weights()
+    net.get_layer("conv10").set_weights([k * 30, b])
+    model = with_flip_tta(net)
+    model.save(folder / "model.keras")
+    paths = {"keras": folder / "model.keras"}
+    for form in ("float32", "float16", "int8"):
+        paths[form] = folder / f"model_{form}.tflite"
+        paths[form].write_bytes(convert(model, form, x[:16]))
+    return paths, x
+
+
+def test_tflite_forms_agree_with_keras_and_shrink(models):
+    from dogs_vs_cats.predict import Predictor
+
+    paths, x = models
+    reference = Predictor(paths["keras"]).p_dog(x)
+    assert reference.std() > 0.05  # a model that says something, so agreement means something
+    sizes = {form: paths[form].stat().st_size for form in ("float32", "float16", "int8")}
+    assert sizes["int8"] < sizes["float16"] < sizes["float32"]
+    for form, tol in (("float32", 1e-4), ("float16", 0.02), ("int8", 0.15)):
+        got = Predictor(paths[form]).p_dog(x)
+        assert np.abs(got - reference).max() < tol, form
+        assert ((got >= 0.5) == (reference >= 0.5)).mean() >= 0.9
+
+
+def test_predict_with_tflite_needs_no_tensorflow(models, tmp_path):
+    paths, _ = models
+    (tmp_path / "a.jpg").write_bytes(image_bytes("dog", (120, 90)))
+    # A `tensorflow` that explodes on import: the runtime-only path must never touch it.
+    (tmp_path / "blocker").mkdir()
+    (tmp_path / "blocker/tensorflow.py").write_text("raise ImportError('TensorFlow is not installed on this device')\n")
+    (tmp_path / "blocker/keras.py").write_text("raise ImportError('Keras is not installed on this device')\n")
+    env = project_env({"PYTHONPATH": str(tmp_path / "blocker")})
+    out = tmp_path / "p.csv"
+    code = "import sys; from dogs_vs_cats.cli import main; rc = main(sys.argv[1:]); " \
+           "assert 'tensorflow' not in sys.modules or sys.modules['tensorflow'] is None; sys.exit(rc)"
+    result = subprocess.run([sys.executable, "-c", code, "predict", "--model", str(paths["int8"]), str(tmp_path / "a.jpg"),
+                             "--out", str(out)], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    (row,) = list(csv.DictReader(open(out)))
+    assert 0 <= float(row["p_dog"]) <= 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(models):
+    paths, _ = models
+    port = _free_port()
+    proc = subprocess.Popen([str(BIN / "dogs-vs-cats"), "serve", "--model", str(paths["int8"]), "--port", str(port),
+                             "--max-bytes", "200000"], env=project_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.1)
+    yield port
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def request(port, method, path, body=None, headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request(method, path, body=body, headers=headers or {})
+    resp = conn.getresponse()
+    data = json.loads(resp.read() or b"{}")
+    conn.close()
+    return resp.status, data
+
+
+def test_service_answers_p_dog_and_label(service, models):
+    from dogs_vs_cats.predict import Predictor
+    from dogs_vs_cats.prepare import load_image
+
+    paths, _ = models
+    img = image_bytes("dog", (100, 80), seed=3)
+    status, body = request(service, "POST", "/predict", img)
+    assert status == 200
+    expected = Predictor(paths["int8"]).p_dog_one(load_image(img, 48))
+    assert body["p_dog"] == pytest.approx(expected, abs=1e-5)
+    assert body["label"] == ("dog" if expected >= 0.5 else "cat")
+    assert request(service, "GET", "/health")[0] == 200
+
+
+@pytest.mark.parametrize(
+    "method, path, body, status, words",
+    [
+        ("POST", "/predict", b"this is text", 415, "not a decodable image"),
+        ("POST", "/predict", b"", 400, "empty body"),
+        ("POST", "/predict", b"x" * 200_001, 413, "limit is 200000"),
+        ("GET", "/predict", None, 405, "use POST"),
+        ("DELETE", "/predict", None, 405, "DELETE is not supported"),
+        ("POST", "/elsewhere", b"x", 404, "no such path /elsewhere"),
+    ],
+)
+def test_service_rejects_bad_requests_clearly(service, method, path, body, status, words):
+    got, data = request(service, method, path, body)
+    assert got == status and words in data["error"]
+
+
+def test_service_handles_concurrent_requests(service):
+    images = [image_bytes("cat" if i % 2 else "dog", (64 + i, 48), seed=i) for i in range(24)]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda b: request(service, "POST", "/predict", b), images))
+    assert all(status == 200 for status, _ in results)
+    # Each answer belongs to its own image: the same image asked again alone gives the same answer.
+    for img, (_, body) in list(zip(images, results))[:4]:
+        assert request(service, "POST", "/predict", img)[1]["p_dog"] == body["p_dog"]
