@@ -122,3 +122,69 @@ def test_changing_a_training_param_does_not_rerun_download_split_or_prepare(repr
     changed = set(json.loads(result.stdout))
     assert changed == {"train"}
     set_params(p, **{"train.label_smoothing": SMALL.get("train.label_smoothing", 0.1)})
+
+
+# --- Kaggle upload ------------------------------------------------------------------------------
+
+def submit(repro, fake, *args):
+    env = dict(repro["env"], **fake.env())
+    return run_cli(["submit", "--timeout", "30", *args], repro["project"], env=env)
+
+
+def test_submit_uploads_and_prints_the_log_loss_score(repro):
+    from fake_kaggle import FakeKaggle, log_loss
+
+    with FakeKaggle() as fake:
+        result = submit(repro, fake)
+        assert result.returncode == 0, result.stderr
+        sub = fake.submissions[-1]
+        expected = log_loss(fake.truth(), (repro["project"] / "data/submission.csv").read_bytes())
+    assert f"public score (log loss): {expected:.5f}" in result.stdout
+    # The default message traces the run: git revision and the params that differ from the defaults.
+    assert sub["description"].startswith("dogs-vs-cats git ")
+    assert "split.n_train=100" in sub["description"] and "train.epochs=2" in sub["description"]
+
+
+def test_submit_refuses_a_malformed_file_and_sends_nothing(repro, tmp_path):
+    from fake_kaggle import FakeKaggle
+
+    bad = tmp_path / "bad.csv"
+    rows = (repro["project"] / "data/submission.csv").read_text().splitlines()
+    bad.write_text("\n".join(rows[:-1]) + "\n")  # one id short
+    with FakeKaggle() as fake:
+        result = submit(repro, fake, "--file", str(bad))
+        assert fake.requests == []
+    assert result.returncode == 1 and "has 499 rows, sample_submission.csv has 500" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "fault, words",
+    [({"reject_upload": True}, "storage refused the upload; nothing was submitted"),
+     ({"status": 401}, "rejected the credentials (401)"),
+     ({"status": 403}, "accept the competition rules"),
+     ({"status": 404}, "has no competition"),
+     ({"score_error": True}, "Kaggle could not score")],
+)
+def test_submit_failures_are_one_clear_line(repro, fault, words):
+    from fake_kaggle import FakeKaggle
+
+    with FakeKaggle() as fake:
+        fake.fault.update(fault)
+        result = submit(repro, fake)
+    assert result.returncode == 1
+    errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and words in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_credentials_never_reach_outputs_logs_or_descriptions(repro):
+    from fake_kaggle import KEY, FakeKaggle
+
+    with FakeKaggle() as fake:
+        result = submit(repro, fake)
+        descriptions = [s["description"] for s in fake.submissions]
+    texts = [repro["first"].stdout, repro["first"].stderr, result.stdout, result.stderr, *descriptions]
+    assert all(KEY not in t for t in texts)
+    for path in repro["project"].rglob("*"):
+        if path.is_file() and ".git" not in path.parts and path.stat().st_size < 50_000_000:
+            assert KEY.encode() not in path.read_bytes(), path

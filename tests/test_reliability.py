@@ -1,0 +1,87 @@
+"""Faults for real: a training run killed mid-way, and two `dvc repro` at once."""
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import BIN, copy_project, make_competition, project_env, run_cli, set_params
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """A project copy on a tiny generated competition, prepared and ready to train."""
+    comp = make_competition(tmp_path / "comp", n_per_class=30, n_test=4)
+    project = copy_project(tmp_path / "project")
+    set_params(project, **{
+        "data.source": str(comp), "split.n_train": 40, "split.n_val": 10, "split.n_holdout": 10,
+        "prepare.image_size": 32, "train.epochs": 5, "train.warmup_epochs": 1, "train.batch_size": 8,
+    })
+    for stage in ("download", "split", "prepare"):
+        result = run_cli([stage], project)
+        assert result.returncode == 0, result.stderr
+    return project
+
+
+def test_training_killed_mid_way_resumes_from_its_last_checkpoint(tiny):
+    state = tiny / "data/train_state/state.json"
+    proc = subprocess.Popen([str(BIN / "dogs-vs-cats"), "train"], cwd=tiny, env=project_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            if json.loads(state.read_text())["epoch"] >= 2:
+                break
+        except (OSError, ValueError):
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "training ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(state.read_text())["epoch"]
+    assert 2 <= killed_at < 5
+    assert not (tiny / "data/model/model.keras").exists()  # no half-finished model for DVC to accept
+
+    result = run_cli(["train"], tiny)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming after epoch {killed_at}" in result.stderr
+    epochs = [int(r["epoch"]) for r in csv.DictReader(open(tiny / "metrics/train_log.csv"))]
+    assert epochs == list(range(1, 6))
+    assert json.loads((tiny / "metrics/train.json").read_text())["epochs"] == 5
+    assert (tiny / "data/model/model.keras").stat().st_size > 100_000
+    assert not (tiny / "data/train_state").exists()
+
+
+def test_a_checkpoint_from_other_params_is_not_resumed(tiny):
+    set_params(tiny, **{"train.epochs": 2})
+    (tiny / "data/train_state").mkdir()
+    (tiny / "data/train_state/state.json").write_text(json.dumps({"fingerprint": "other", "epoch": 1, "history": []}))
+    (tiny / "data/train_state/last.keras").write_bytes(b"stale")
+    result = run_cli(["train"], tiny)
+    assert result.returncode == 0 and "from other params or data; starting afresh" in result.stderr
+    assert [int(r["epoch"]) for r in csv.DictReader(open(tiny / "metrics/train_log.csv"))] == [1, 2]
+
+
+def test_two_repros_at_once_the_second_fails_on_the_lock_and_the_first_finishes(tiny, tmp_path):
+    set_params(tiny, **{"train.epochs": 2})
+    env = project_env()
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:
+        first = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=tiny, env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while "Running stage 'train'" not in log.read_text():
+            assert time.monotonic() < deadline and first.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.05)
+        second = subprocess.run([str(BIN / "dvc"), "repro"], cwd=tiny, env=env, capture_output=True, text=True,
+                                timeout=300)
+        first.wait(timeout=600)
+    assert first.returncode == 0, log.read_text()[-2000:]
+    assert second.returncode != 0
+    # DVC refuses with its read/write lock ("... is busy ... rwlock"), touching nothing.
+    assert "rwlock" in (second.stdout + second.stderr).lower()
+    status = subprocess.run([str(BIN / "dvc"), "status"], cwd=tiny, env=env, capture_output=True, text=True)
+    assert "Data and pipelines are up to date" in status.stdout
