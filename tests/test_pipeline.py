@@ -188,3 +188,63 @@ def test_credentials_never_reach_outputs_logs_or_descriptions(repro):
     for path in repro["project"].rglob("*"):
         if path.is_file() and ".git" not in path.parts and path.stat().st_size < 50_000_000:
             assert KEY.encode() not in path.read_bytes(), path
+
+
+# --- The DVC workflow: experiments, diffs, remotes (these commit in the shared project: keep them last) ---
+
+def git(project, *args):
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=project,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_experiment_then_metrics_params_and_plots_diff_between_commits(repro, tmp_path):
+    p, env = repro["project"], repro["env"]
+    git(p, "add", "-A")
+    git(p, "commit", "-qm", "baseline run")
+    base = git(p, "rev-parse", "HEAD").strip()
+
+    run = dvc(["exp", "run", "-n", "v10", "-S", "train.epochs=1", "-S", "train.warmup_epochs=0",
+               "-S", "train.model=squeezenet1_0"], p, env)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    shown = dvc(["exp", "show", "--csv"], p, env)
+    assert shown.returncode == 0
+    header, *rows = list(csv.reader(shown.stdout.splitlines()))
+    assert "metrics/eval.json:holdout.accuracy" in header and "train.model" in header
+    exp_row = next(r for r in rows if "v10" in r)
+    assert exp_row[header.index("train.model")] == "squeezenet1_0"
+    assert exp_row[header.index("metrics/eval.json:model.params")] == "736450"
+
+    assert dvc(["exp", "apply", "v10"], p, env).returncode == 0
+    git(p, "add", "-A")
+    git(p, "commit", "-qm", "v1.0 experiment")
+    metrics = dvc(["metrics", "diff", base, "HEAD", "--json"], p, env)
+    changed = json.loads(metrics.stdout)["metrics/eval.json"]
+    assert changed["model.params"] == {"old": 723522, "new": 736450, "diff": 12928}
+    assert "holdout.accuracy" in changed
+    params = json.loads(dvc(["params", "diff", base, "HEAD", "--json"], p, env).stdout)["params.yaml"]
+    assert params["train.model"] == {"old": "squeezenet1_1", "new": "squeezenet1_0"}
+
+    out = tmp_path / "diff_html"
+    plots = dvc(["plots", "diff", base, "HEAD", "-o", str(out)], p, env)
+    assert plots.returncode == 0, plots.stderr
+    html = (out / "index.html").read_text()
+    assert base in html and "Holdout ROC curve" in html and "Accuracy per epoch" in html
+
+
+def test_push_then_pull_restores_every_output(repro):
+    import shutil
+
+    p, env = repro["project"], repro["env"]
+    pushed = dvc(["push"], p, env)
+    assert pushed.returncode == 0, pushed.stderr
+    outputs = ["data/raw", "data/split", "data/prepared", "data/model", "data/submission.csv", "data/export"]
+    before = {o: (p / o).stat().st_size if (p / o).is_file() else sorted(f.name for f in (p / o).iterdir()) for o in outputs}
+    for o in outputs:
+        shutil.rmtree(p / o) if (p / o).is_dir() else (p / o).unlink()
+    shutil.rmtree(p / ".dvc/cache")
+    assert "deleted" in dvc(["status"], p, env).stdout
+    pulled = dvc(["pull"], p, env)
+    assert pulled.returncode == 0, pulled.stderr
+    after = {o: (p / o).stat().st_size if (p / o).is_file() else sorted(f.name for f in (p / o).iterdir()) for o in outputs}
+    assert after == before
+    assert "Data and pipelines are up to date" in dvc(["status"], p, env).stdout
