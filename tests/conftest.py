@@ -97,6 +97,9 @@ def copy_project(dest: Path) -> Path:
             shutil.copy2(src, dest / rel)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
     subprocess.run(git + ["init", "-q"], cwd=dest, check=True)
+    # DVC commits experiments itself: give the repository an identity of its own.
+    subprocess.run(["git", "config", "user.name", "dogs-vs-cats tests"], cwd=dest, check=True)
+    subprocess.run(["git", "config", "user.email", "tests@example.invalid"], cwd=dest, check=True)
     subprocess.run(git + ["add", "-A"], cwd=dest, check=True)
     subprocess.run(git + ["commit", "-qm", "project"], cwd=dest, check=True)
     return dest

@@ -26,7 +26,7 @@ METRICS = Path("metrics/export.json")
 FORMS = ("float32", "float16", "int8")
 
 
-def convert(model, form: str, calibration: np.ndarray | None = None) -> bytes:
+def convert(model, form: str, calibration: np.ndarray | None = None, per_channel: bool = False) -> bytes:
     import tensorflow as tf
 
     # The converter fixes the batch dimension to 1: what a device runs.
@@ -46,6 +46,9 @@ def convert(model, form: str, calibration: np.ndarray | None = None) -> bytes:
         # and log loss is not ruined by 1/256 output steps.
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.float32
+        # Per-channel scales and int64 zero points cost ~70 KB on this 0.7 MB net and, measured on the
+        # holdout set, buy 0.3 accuracy points: per-tensor is what keeps the file under 0.8 MB.
+        converter._experimental_disable_per_channel = not per_channel
     return converter.convert()
 
 
@@ -81,7 +84,7 @@ def run(params: Params) -> None:
         log(f"export: converting to {form} TFLite")
         path = OUT / f"model_{form}.tflite"
         with atomic_path(path, suffix=".tflite") as tmp:
-            tmp.write_bytes(convert(model, form, calibration))
+            tmp.write_bytes(convert(model, form, calibration, params.export.per_channel))
         p, y, _ = predict_records(Predictor(path, threads=threads), PREPARED / "holdout.tfrecord")
         report[form] = {
             "bytes": path.stat().st_size,

@@ -88,6 +88,7 @@ class Submission:
 @dataclass(frozen=True)
 class Export:
     calibration_images: int = 200
+    per_channel: bool = False
     latency_runs: int = 50
 
 

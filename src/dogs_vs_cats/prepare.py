@@ -98,47 +98,46 @@ def _test_members(archive: Path) -> list[tuple[str, int]]:
     return [(n, -1) for _, n in sorted(found)]
 
 
-# Each worker opens the archive once and decodes the members it is handed.
-_zip: zipfile.ZipFile | None = None
+# Each worker opens each archive once and decodes the members it is handed.
+_zips: dict[str, zipfile.ZipFile] = {}
 
 
-def _worker_init(archive: str) -> None:
-    global _zip
-    _zip = zipfile.ZipFile(archive)
-
-
-def _decode(job: tuple[str, int, int]):
-    name, label, size = job
+def _decode(job: tuple[str, str, int, int]):
+    archive, name, label, size = job
     try:
-        data = _zip.read(name)
-        return name, label, load_image(data, size).tobytes(), None
+        zf = _zips.get(archive)
+        if zf is None:
+            zf = _zips[archive] = zipfile.ZipFile(archive)
+        return name, label, load_image(zf.read(name), size).tobytes(), None
     except (BadImage, KeyError, zipfile.BadZipFile, OSError, EOFError) as exc:
         return name, label, None, str(exc) or type(exc).__name__
 
 
-def write_records(archive: Path, items, size: int, out: Path, workers: int, what: str):
-    """Decode `items` from `archive` in parallel and write them, in order, as TFRecords."""
+def decode_pool(workers: int):
+    """Decoder processes. spawn, not fork: forking a process that has loaded TensorFlow's thread pools can hang."""
+    return mp.get_context("spawn").Pool(workers)
+
+
+def write_records(pool, archive: Path, items, size: int, out: Path, what: str):
+    """Decode `items` from `archive` on the pool's processes and write them, in order, as TFRecords."""
     import tensorflow as tf
 
     skipped = []
     progress = Progress(len(items), f"prepare {what}")
-    jobs = [(name, label, size) for name, label in items]
-    # spawn, not fork: forking a process that has loaded TensorFlow's thread pools can hang.
-    ctx = mp.get_context("spawn")
+    jobs = [(str(archive), name, label, size) for name, label in items]
     with atomic_path(out) as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
-        with ctx.Pool(workers, initializer=_worker_init, initargs=(str(archive),)) as pool:
-            for name, label, pixels, err in pool.imap(_decode, jobs, chunksize=16):
-                progress.update()
-                if pixels is None:
-                    skipped.append({"file": name, "error": err})
-                    log(f"prepare: warning: skipping {archive.name}:{name}: {err}")
-                    continue
-                example = tf.train.Example(features=tf.train.Features(feature={
-                    "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[pixels])),
-                    "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-                    "name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode()])),
-                }))
-                writer.write(example.SerializeToString())
+        for name, label, pixels, err in pool.imap(_decode, jobs, chunksize=16):
+            progress.update()
+            if pixels is None:
+                skipped.append({"file": name, "error": err})
+                log(f"prepare: warning: skipping {archive.name}:{name}: {err}")
+                continue
+            example = tf.train.Example(features=tf.train.Features(feature={
+                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[pixels])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+                "name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode()])),
+            }))
+            writer.write(example.SerializeToString())
         writer.flush()
     return len(items) - len(skipped), skipped, progress.rate
 
@@ -173,12 +172,13 @@ def run(params: Params) -> None:
     report = {"image_size": size, "workers": workers, "images": {}, "skipped": {}}
     start = time.monotonic()
     total = 0
-    for key, (archive, items) in jobs.items():
-        n, skipped, rate = write_records(archive, items, size, OUT / f"{key}.tfrecord", workers, key)
-        report["images"][key] = n
-        report["skipped"][key] = skipped
-        total += len(items)
-        log(f"prepare: {key}: {n} images at {size}x{size} ({rate:.0f} img/s), {len(skipped)} skipped")
+    with decode_pool(workers) as pool:
+        for key, (archive, items) in jobs.items():
+            n, skipped, rate = write_records(pool, archive, items, size, OUT / f"{key}.tfrecord", key)
+            report["images"][key] = n
+            report["skipped"][key] = skipped
+            total += len(items)
+            log(f"prepare: {key}: {n} images at {size}x{size} ({rate:.0f} img/s), {len(skipped)} skipped")
     elapsed = time.monotonic() - start
     report["images_per_s"] = round(total / elapsed, 1)
     n_skipped = sum(len(v) for v in report["skipped"].values())
