@@ -132,3 +132,17 @@ def test_a_zip_without_train_images_is_refused(tmp_path):
     result = run_cli(["split"], tmp_path)
     assert result.returncode == 1
     assert "holds no file named like train/cat.N.jpg" in result.stderr
+
+
+def test_a_test_zip_without_test_images_is_refused(tmp_path):
+    comp = make_competition(tmp_path / "comp", n_per_class=6)
+    with zipfile.ZipFile(comp / "test.zip", "w") as zf:
+        zf.writestr("other/readme.txt", "nothing here")
+    (tmp_path / "params.yaml").write_text(
+        f"data: {{source: {comp}}}\nsplit: {{n_train: 4, n_val: 4, n_holdout: 2}}\nprepare: {{image_size: 32}}\n"
+    )
+    for stage in ("download", "split"):
+        assert run_cli([stage], tmp_path).returncode == 0
+    result = run_cli(["prepare"], tmp_path)
+    assert result.returncode == 1 and "test.zip: holds no file named like test/N.jpg" in result.stderr
+    assert not (tmp_path / "data/prepared/test.tfrecord").exists()

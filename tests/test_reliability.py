@@ -85,3 +85,32 @@ def test_two_repros_at_once_the_second_fails_on_the_lock_and_the_first_finishes(
     assert "rwlock" in (second.stdout + second.stderr).lower()
     status = subprocess.run([str(BIN / "dvc"), "status"], cwd=tiny, env=env, capture_output=True, text=True)
     assert "Data and pipelines are up to date" in status.stdout
+
+
+def test_mirrored_strategy_trains_and_an_undecodable_test_image_still_gets_its_row(tmp_path):
+    comp = make_competition(tmp_path / "comp", n_per_class=20, n_test=4, extra_test={"77.jpg": b"\xff\xd8 not a jpeg"})
+    project = copy_project(tmp_path / "project")
+    set_params(project, **{
+        "data.source": str(comp), "split.n_train": 20, "split.n_val": 10, "split.n_holdout": 10,
+        "prepare.image_size": 32, "train.epochs": 1, "train.warmup_epochs": 0, "train.batch_size": 8,
+        "train.strategy": "mirrored",
+    })
+    for stage in ("download", "split", "prepare", "train", "submission"):
+        result = run_cli([stage], project)
+        assert result.returncode == 0, result.stderr
+        if stage == "train":
+            assert "strategy mirrored (1 replica(s))" in result.stderr
+    assert "1 test image(s) undecodable, given p = 0.5: [77]" in result.stderr
+    rows = dict(r for r in csv.reader(open(project / "data/submission.csv")))
+    assert rows.pop("id") == "label" and sorted(map(int, rows)) == [1, 2, 3, 4, 77]
+    assert rows["77"] == "0.500000"
+    metrics = subprocess.run([str(BIN / "dvc"), "metrics", "show", "--json"], cwd=project, env=project_env(),
+                             capture_output=True, text=True)
+    assert metrics.returncode == 0 and "train_images_per_s" in metrics.stdout
+
+
+def test_multi_worker_without_tf_config_is_a_clear_error(tiny):
+    set_params(tiny, **{"train.strategy": "multi_worker"})
+    result = run_cli(["train"], tiny)
+    assert result.returncode == 1
+    assert "train.strategy = multi_worker needs the TF_CONFIG environment variable" in result.stderr
