@@ -159,3 +159,25 @@ def test_a_hung_server_times_out_with_a_clear_line(project, fake_kaggle):
     assert result.returncode == 1 and time.monotonic() - start < 8
     assert "failed" in result.stderr and "run again to resume" in result.stderr
     assert_nothing_installed(project)
+
+
+def test_a_full_disk_fails_cleanly_and_the_next_run_succeeds(project, fake_kaggle):
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root (CI runs as root)")
+    (project / "params.yaml").write_text("data: {source: kaggle, retries: 0}\n")
+    data = project / "data"
+    data.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(data)], check=True)
+    try:
+        result = download(project, fake_kaggle)
+        assert result.returncode == 1
+        errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+        assert len(errors) == 1 and "no space left on the device" in errors[0], result.stderr
+        assert not (data / "raw").exists()
+    finally:
+        subprocess.run(["umount", str(data)], check=True)
+    result = download(project, fake_kaggle)
+    assert result.returncode == 0, result.stderr
+    assert (project / "data/raw/train.zip").read_bytes() == (SHARED_COMPETITION / "train.zip").read_bytes()

@@ -11,6 +11,7 @@ client can resume, and `data/raw/` only ever receives checked, complete archives
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import shutil
@@ -187,6 +188,11 @@ def _from_kaggle(competition: str, retries: int, timeout_s: float) -> None:
     except UserError:
         raise
     except Exception as exc:  # the client raises requests/ValueError/OSError variants
+        if _disk_full(exc):
+            raise UserError(
+                f"no space left on the device holding {STAGING}/ ({shutil.disk_usage(STAGING.parent).free >> 20} MiB free); "
+                "free some space and run again to resume"
+            ) from None
         explained = explain_http_error(exc, competition)
         if explained is not None:
             raise explained from None
@@ -202,6 +208,14 @@ def _from_kaggle(competition: str, retries: int, timeout_s: float) -> None:
         bundle.unlink(missing_ok=True)
         raise
     shutil.rmtree(STAGING, ignore_errors=True)
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def run(params: Params) -> None:
