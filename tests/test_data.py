@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import image_bytes, make_competition, project_env, run_cli
+from conftest import image_bytes, make_competition, run_cli
 from dogs_vs_cats import params as P
 from dogs_vs_cats.prepare import BadImage, load_image
 from dogs_vs_cats.split import make_split

@@ -5,7 +5,6 @@ import json
 import signal
 import subprocess
 import time
-import zipfile
 
 import pytest
 

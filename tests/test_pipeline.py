@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import zipfile
-from pathlib import Path
 
 import pytest
 

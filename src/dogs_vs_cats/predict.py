@@ -6,8 +6,6 @@ only for `.keras` files: a Raspberry Pi can run it with numpy, Pillow and LiteRT
 """
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
