@@ -185,7 +185,10 @@ def _build(cls, raw: Any, prefix: str):
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(raw) - set(known), key=str)
     if unknown:
-        where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        name = unknown[0]
+        # A key YAML read as a number, or with spaces or control characters, is shown quoted.
+        shown = name if isinstance(name, str) and name.isidentifier() else repr(name)
+        where = f"{prefix}.{shown}" if prefix else shown
         raise ParamError(
             f"params.yaml: unknown key {where}; accepted keys here: {', '.join(known)}"
         )
