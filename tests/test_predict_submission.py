@@ -106,3 +106,11 @@ def test_submission_check_refuses_what_kaggle_would(tmp_path, sample, text, mess
         with pytest.raises(UserError) as err:
             check(sub, sample)
         assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_submission_check_errors_name_the_file_the_user_knows(tmp_path, sample):
+    tmp = tmp_path / ".submission.csv.123.tmp"
+    tmp.write_text("id,label\n1,0.1\n")
+    with pytest.raises(UserError) as err:
+        check(tmp, sample, shown=tmp_path / "submission.csv")
+    assert str(err.value).startswith(f"{tmp_path / 'submission.csv'}: has 1 rows")

@@ -35,12 +35,16 @@ def read_ids(path: Path) -> list[int]:
         raise UserError(f"{path}: not found; run `dvc repro download`") from None
 
 
-def check(path: Path, sample: Path) -> int:
-    """Validate a submission the way Kaggle would; return its row count or raise one clear line."""
+def check(path: Path, sample: Path, shown: Path | None = None) -> int:
+    """Validate a submission the way Kaggle would; return its row count or raise one clear line.
+
+    `shown` is the name errors use when `path` is a temporary file about to become it.
+    """
     expected = read_ids(sample)
+    real_path, path = path, shown or path
     ids, labels = [], []
     try:
-        with open(path, newline="") as f:
+        with open(real_path, newline="") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header != ["id", "label"]:
@@ -89,5 +93,5 @@ def run(params: Params) -> None:
     rows = [(i, f"{np.clip(by_id.get(i, 0.5), clip, 1 - clip):.6f}") for i in ids]
     with atomic_path(OUT) as tmp:
         write_csv(tmp, ["id", "label"], rows)
-        check(tmp, sample)  # a file Kaggle would reject never replaces the last good one
+        check(tmp, sample, shown=OUT)  # a file Kaggle would reject never replaces the last good one
     log(f"submission: {len(rows)} rows -> {OUT} (clipped to [{clip}, {1 - clip}])")
