@@ -61,3 +61,29 @@ def test_flip_tta_averages_image_and_mirror_and_shares_weights():
     assert np.allclose(np.asarray(tta(x)), expected, atol=1e-6)
     # A mirrored image gets exactly the same answer.
     assert np.allclose(np.asarray(tta(x[:, :, ::-1])), np.asarray(tta(x)), atol=1e-6)
+
+
+def test_mixup_blends_images_and_labels_with_the_same_weight():
+    import numpy as np
+    import tensorflow as tf
+
+    from dogs_vs_cats.train import mixup
+
+    tf.random.set_seed(0)
+    n = 64
+    # Image i is filled with the value i, so each mixed image reveals its two sources and its weight.
+    x = tf.constant(np.arange(n, dtype=np.float32)[:, None, None, None] * np.ones((1, 4, 4, 3), np.float32))
+    y = tf.one_hot(np.arange(n) % 2, 2)
+    mx, my = mixup(0.4)(x, y)
+    mx, my = mx.numpy(), my.numpy()
+    assert mx.shape == (n, 4, 4, 3) and my.shape == (n, 2)
+    assert np.allclose(my.sum(axis=1), 1.0)
+    assert np.allclose(mx, mx[:, :1, :1, :1])  # one weight per image, not per pixel
+    assert (my >= 0).all() and (my <= 1).all()
+    # Not the identity: with Beta(0.4, 0.4) most pairs are visibly mixed.
+    changed = np.abs(mx[:, 0, 0, 0] - np.arange(n)) > 1e-3
+    assert changed.mean() > 0.3
+    # A blended label is the blend of the two one-hot labels of the sources, so a pair of
+    # same-class images keeps a hard label and a cat-dog pair's P(dog) lies strictly inside (0, 1).
+    soft = (my[:, 1] > 1e-3) & (my[:, 1] < 1 - 1e-3)
+    assert soft.any() and (soft <= changed).all()

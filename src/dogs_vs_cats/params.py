@@ -55,6 +55,8 @@ class Augment:
     rotation: float = 0.05
     contrast: float = 0.2
     brightness: float = 0.1
+    mixup: float = 0.0
+
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,7 @@ _RULES: dict[str, tuple] = {
     "train.augment.rotation": _between(0, 0.5),
     "train.augment.contrast": _between(0, 1, hi_open=True),
     "train.augment.brightness": _between(0, 1, hi_open=True),
+    "train.augment.mixup": _between(0, 10),
     "submission.clip": _between(0, 0.5, hi_open=True),
     "export.calibration_images": _between(1, 100_000),
     "export.latency_runs": _between(1, 100_000),

@@ -102,6 +102,23 @@ def augmenter(params: Params):
     return augment
 
 
+def mixup(alpha: float):
+    """mixup (Zhang et al., 2018): blend each image and its label with another's from the batch.
+
+    Each pair gets its own weight from Beta(alpha, alpha), drawn as a ratio of two
+    gamma variates since TensorFlow has no Beta sampler.
+    """
+    def mix(x, y):
+        n = tf.shape(x)[0]
+        a, b = tf.random.gamma([n], alpha), tf.random.gamma([n], alpha)
+        lam = a / (a + b)
+        partner = tf.random.shuffle(tf.range(n))
+        lx, ly = lam[:, None, None, None], lam[:, None]
+        return lx * x + (1 - lx) * tf.gather(x, partner), ly * y + (1 - ly) * tf.gather(y, partner)
+
+    return mix
+
+
 def datasets(params: Params):
     t = params.train
     size = params.prepare.image_size
@@ -111,8 +128,10 @@ def datasets(params: Params):
         .shuffle(t.shuffle_buffer, seed=t.seed, reshuffle_each_iteration=True)
         .map(augmenter(params), num_parallel_calls=tf.data.AUTOTUNE)
         .batch(t.batch_size, drop_remainder=False)
-        .prefetch(tf.data.AUTOTUNE)
     )
+    if t.augment.mixup > 0:
+        train = train.map(mixup(t.augment.mixup), num_parallel_calls=tf.data.AUTOTUNE)
+    train = train.prefetch(tf.data.AUTOTUNE)
     val = (
         read_records(PREPARED / "val.tfrecord", size)
         .map(lambda x, y, name: (tf.cast(x, tf.float32), tf.one_hot(y, 2)))
