@@ -114,3 +114,30 @@ def test_multi_worker_without_tf_config_is_a_clear_error(tiny):
     result = run_cli(["train"], tiny)
     assert result.returncode == 1
     assert "train.strategy = multi_worker needs the TF_CONFIG environment variable" in result.stderr
+
+
+def test_progressive_resizing_with_mixup_trains_small_then_ships_at_full_size(tiny):
+    import keras
+
+    import dogs_vs_cats.model  # noqa: F401  (registers the model's layers for loading)
+
+    set_params(tiny, **{"prepare.image_size": 40, "train.low_res_size": 32, "train.low_res_epochs": 2,
+                        "train.epochs": 4, "train.augment.mixup": 0.2})
+    assert run_cli(["prepare"], tiny).returncode == 0
+    result = run_cli(["train"], tiny)
+    assert result.returncode == 0, result.stderr
+    assert "4 epochs (to 2 at 32px, to 4 at 40px)" in result.stderr
+    epochs = [int(r["epoch"]) for r in csv.DictReader(open(tiny / "metrics/train_log.csv"))]
+    assert epochs == [1, 2, 3, 4]
+    model = keras.models.load_model(tiny / "data/model/model.keras")
+    assert model.input_shape == (None, 40, 40, 3)
+
+
+def test_progressive_resizing_needs_a_smaller_size_and_fewer_epochs(tiny):
+    set_params(tiny, **{"train.low_res_size": 32, "train.low_res_epochs": 2})
+    result = run_cli(["train"], tiny)
+    assert result.returncode == 1
+    assert "train.low_res_size = 32 is invalid: expected 0 (off) or less than prepare.image_size (32)" in result.stderr
+    set_params(tiny, **{"prepare.image_size": 40, "train.low_res_size": 32, "train.low_res_epochs": 5})
+    result = run_cli(["train"], tiny)
+    assert "train.low_res_epochs = 5 is invalid: expected fewer than train.epochs (5)" in result.stderr

@@ -50,13 +50,16 @@ def fire_module(x, fire_id: int, squeeze: int, expand: int, batch_norm: bool = F
 
 def squeezenet(
     version: str = "squeezenet1_1",
-    image_size: int = 128,
+    image_size: int | None = 128,
     classes: int = 2,
     batch_norm: bool = False,
     dropout: float = 0.5,
     classifier_relu: bool = False,
 ) -> keras.Model:
-    """Channels-last SqueezeNet taking raw 0..255 RGB pixels, ending in a softmax."""
+    """Channels-last SqueezeNet taking raw 0..255 RGB pixels, ending in a softmax.
+
+    `image_size=None` accepts any size: every layer is a convolution or a pooling.
+    """
     try:
         arch = ARCHITECTURES[version]
     except KeyError:

@@ -79,6 +79,8 @@ class Train:
     strategy: str = "default"
     shuffle_buffer: int = 4096
     tta: bool = True
+    low_res_size: int = 0
+    low_res_epochs: int = 0
     augment: Augment = field(default_factory=Augment)
 
 
@@ -144,6 +146,8 @@ _RULES: dict[str, tuple] = {
     "train.seed": _between(0, 2**31 - 1),
     "train.strategy": _choice(STRATEGIES),
     "train.shuffle_buffer": _between(1, 10_000_000),
+    "train.low_res_size": ((lambda v: v == 0 or 32 <= v <= 1024), "0 (off) or a size in [32, 1024]"),
+    "train.low_res_epochs": _between(0, 10_000),
     "train.augment.crop_scale": _between(0.05, 1),
     "train.augment.rotation": _between(0, 0.5),
     "train.augment.contrast": _between(0, 1, hi_open=True),
@@ -220,6 +224,16 @@ def from_dict(raw: Any) -> Params:
         raise ParamError(
             f"params.yaml: train.warmup_epochs = {t.warmup_epochs} is invalid: "
             f"expected fewer than train.epochs ({t.epochs})"
+        )
+    if t.low_res_size and t.low_res_size >= params.prepare.image_size:
+        raise ParamError(
+            f"params.yaml: train.low_res_size = {t.low_res_size} is invalid: expected 0 (off) or "
+            f"less than prepare.image_size ({params.prepare.image_size})"
+        )
+    if t.low_res_size and t.low_res_epochs >= t.epochs:
+        raise ParamError(
+            f"params.yaml: train.low_res_epochs = {t.low_res_epochs} is invalid: expected fewer than "
+            f"train.epochs ({t.epochs}), so the last epochs train at prepare.image_size"
         )
     return params
 

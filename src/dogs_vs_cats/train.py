@@ -67,10 +67,9 @@ def choose_strategy(name: str):
     return tf.distribute.get_strategy()
 
 
-def augmenter(params: Params):
-    """A per-image augmentation function for tf.data (it runs while the model trains)."""
+def augmenter(params: Params, size: int):
+    """A per-image augmentation function for tf.data (it runs while the model trains), output `size` square."""
     a = params.train.augment
-    size = params.prepare.image_size
 
     def augment(image, label):
         x = tf.cast(image, tf.float32)
@@ -81,6 +80,8 @@ def augmenter(params: Params):
                 use_image_if_no_bounding_boxes=True,
             )
             x = tf.image.resize(tf.slice(x, begin, crop)[None], (size, size))[0]
+        elif size != params.prepare.image_size:
+            x = tf.image.resize(x[None], (size, size))[0]
         if a.flip:
             x = tf.image.random_flip_left_right(x)
         if a.rotation > 0:
@@ -119,14 +120,15 @@ def mixup(alpha: float):
     return mix
 
 
-def datasets(params: Params):
+def datasets(params: Params, train_size: int):
+    """(training batches at `train_size`, validation batches at the prepared size)."""
     t = params.train
     size = params.prepare.image_size
     train = (
         read_records(PREPARED / "train.tfrecord", size)
         .map(lambda x, y, name: (x, y))
         .shuffle(t.shuffle_buffer, seed=t.seed, reshuffle_each_iteration=True)
-        .map(augmenter(params), num_parallel_calls=tf.data.AUTOTUNE)
+        .map(augmenter(params, train_size), num_parallel_calls=tf.data.AUTOTUNE)
         .batch(t.batch_size, drop_remainder=False)
     )
     if t.augment.mixup > 0:
@@ -156,7 +158,9 @@ def fingerprint(params: Params) -> str:
 def build(params: Params, steps_per_epoch: int):
 
     t = params.train
-    net = squeezenet(t.model, params.prepare.image_size, 2, t.batch_norm, t.dropout, t.classifier_relu)
+    # Progressive resizing feeds two image sizes; the net is fully convolutional, so one set of weights takes both.
+    size = None if t.low_res_size else params.prepare.image_size
+    net = squeezenet(t.model, size, 2, t.batch_norm, t.dropout, t.classifier_relu)
     schedule = WarmupCosine(
         t.learning_rate, t.warmup_epochs * steps_per_epoch, t.epochs * steps_per_epoch, t.schedule == "cosine"
     )
@@ -264,17 +268,25 @@ def run(params: Params) -> None:
         net, history = _resume(fp)
         if net is None:
             net = build(params, steps)
-    done = len(history)
-    train_ds, val_ds = datasets(params)
+    size = params.prepare.image_size
+    # (last epoch, training image size) per phase: progressive resizing spends the early epochs on
+    # cheaper small images and ends at the size the model is evaluated and shipped at.
+    phases = [(t.low_res_epochs, t.low_res_size)] if t.low_res_size else []
+    phases.append((t.epochs, size))
     log(
         f"train: {t.model} ({net.count_params():,} params, batch_norm={t.batch_norm}) on {n_train} images, "
-        f"{t.epochs} epochs, {precision}, strategy {t.strategy} ({strategy.num_replicas_in_sync} replica(s))"
+        f"{t.epochs} epochs ({', '.join(f'to {e} at {s}px' for e, s in phases)}), {precision}, "
+        f"strategy {t.strategy} ({strategy.num_replicas_in_sync} replica(s))"
     )
     callback = EpochState(fp, history)
     start = time.monotonic()
-    if done < t.epochs:
+    for until, train_size in phases:
+        done = len(history)
+        if done >= until:
+            continue
+        train_ds, val_ds = datasets(params, train_size)
         net.fit(
-            train_ds, validation_data=val_ds, epochs=t.epochs, initial_epoch=done,
+            train_ds, validation_data=val_ds, epochs=until, initial_epoch=done,
             callbacks=[callback], verbose=1 if sys.stderr.isatty() else 2,
         )
     wall = time.monotonic() - start
