@@ -141,3 +141,13 @@ def test_progressive_resizing_needs_a_smaller_size_and_fewer_epochs(tiny):
     set_params(tiny, **{"prepare.image_size": 40, "train.low_res_size": 32, "train.low_res_epochs": 5})
     result = run_cli(["train"], tiny)
     assert "train.low_res_epochs = 5 is invalid: expected fewer than train.epochs (5)" in result.stderr
+
+
+
+def test_multi_worker_with_tf_config_stops_with_the_upstream_reason_before_training(tiny):
+    cluster = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}
+    set_params(tiny, **{"train.strategy": "multi_worker"})
+    result = run_cli(["train"], tiny, env=project_env({"TF_CONFIG": json.dumps(cluster)}), timeout=120)
+    assert result.returncode == 1
+    assert "does not work with Keras" in result.stderr and "train.strategy: mirrored" in result.stderr
+    assert not (tiny / "data/model").exists()
