@@ -7,6 +7,8 @@ what a device would actually get.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import statistics
 import time
@@ -49,7 +51,10 @@ def convert(model, form: str, calibration: np.ndarray | None = None, per_channel
         # Per-channel scales and int64 zero points cost ~70 KB on this 0.7 MB net and, measured on the
         # holdout set, buy 0.3 accuracy points: per-tensor is what keeps the file under 0.8 MB.
         converter._experimental_disable_per_channel = not per_channel
-    return converter.convert()
+    # Keras prints the exported graph's every variable signature (hundreds of lines) to stdout while
+    # converting; the stage's own log says what is happening.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return converter.convert()
 
 
 def latency_ms(predictor: Predictor, image: np.ndarray, runs: int) -> float:
