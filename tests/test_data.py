@@ -96,7 +96,7 @@ def test_prepare_skips_and_reports_bad_training_images_and_keeps_test_ids(tmp_pa
     bad = {"cat.100.jpg": b"", "dog.100.jpg": image_bytes()[:300], "cat.101.jpg": image_bytes("cat", fmt="PNG")}
     comp = make_competition(tmp_path / "comp", n_per_class=8, extra_train=bad, extra_test={"77.jpg": b"garbage"})
     (tmp_path / "params.yaml").write_text(
-        f"data: {{source: {comp}}}\nsplit: {{n_train: 14, n_val: 2, n_holdout: 2}}\nprepare: {{image_size: 32}}\n"
+        f"data: {{source: {comp}}}\nsplit: {{n_train: 14, n_val: 2, n_holdout: 2}}\nprepare: {{image_size: 32}}\ntrain: {{low_res_size: 0}}\n"
     )
     for stage in ("download", "split", "prepare"):
         result = run_cli([stage], tmp_path)
@@ -139,7 +139,7 @@ def test_a_test_zip_without_test_images_is_refused(tmp_path):
     with zipfile.ZipFile(comp / "test.zip", "w") as zf:
         zf.writestr("other/readme.txt", "nothing here")
     (tmp_path / "params.yaml").write_text(
-        f"data: {{source: {comp}}}\nsplit: {{n_train: 4, n_val: 4, n_holdout: 2}}\nprepare: {{image_size: 32}}\n"
+        f"data: {{source: {comp}}}\nsplit: {{n_train: 4, n_val: 4, n_holdout: 2}}\nprepare: {{image_size: 32}}\ntrain: {{low_res_size: 0}}\n"
     )
     for stage in ("download", "split"):
         assert run_cli([stage], tmp_path).returncode == 0

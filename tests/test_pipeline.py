@@ -16,6 +16,7 @@ SMALL = {
     "split.n_train": 100, "split.n_val": 40, "split.n_holdout": 40,
     "prepare.image_size": 64,
     "train.epochs": 2, "train.warmup_epochs": 1, "train.batch_size": 25,
+    "train.low_res_size": 48, "train.low_res_epochs": 1,  # progressive resizing, as by default
 }
 
 
@@ -207,7 +208,7 @@ def test_experiment_then_metrics_params_and_plots_diff_between_commits(repro, tm
     base = git(p, "rev-parse", "HEAD").strip()
 
     run = dvc(["exp", "run", "-n", "v10", "-S", "train.epochs=1", "-S", "train.warmup_epochs=0",
-               "-S", "train.model=squeezenet1_0", "-S", "train.batch_norm=false"], p, env)
+               "-S", "train.model=squeezenet1_0", "-S", "train.batch_norm=false", "-S", "train.low_res_size=0"], p, env)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     shown = dvc(["exp", "show", "--csv"], p, env)
     assert shown.returncode == 0

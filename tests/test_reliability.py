@@ -20,6 +20,7 @@ def tiny(tmp_path):
     set_params(project, **{
         "data.source": str(comp), "split.n_train": 40, "split.n_val": 10, "split.n_holdout": 10,
         "prepare.image_size": 32, "train.epochs": 5, "train.warmup_epochs": 1, "train.batch_size": 8,
+        "train.low_res_size": 0,
     })
     for stage in ("download", "split", "prepare"):
         result = run_cli([stage], project)
@@ -93,7 +94,7 @@ def test_mirrored_strategy_trains_and_an_undecodable_test_image_still_gets_its_r
     set_params(project, **{
         "data.source": str(comp), "split.n_train": 20, "split.n_val": 10, "split.n_holdout": 10,
         "prepare.image_size": 32, "train.epochs": 1, "train.warmup_epochs": 0, "train.batch_size": 8,
-        "train.strategy": "mirrored",
+        "train.strategy": "mirrored", "train.low_res_size": 0,
     })
     for stage in ("download", "split", "prepare", "train", "submission"):
         result = run_cli([stage], project)
