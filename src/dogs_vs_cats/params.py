@@ -58,7 +58,6 @@ class Augment:
     mixup: float = 0.0
 
 
-
 @dataclass(frozen=True)
 class Train:
     model: str = "squeezenet1_1"
