@@ -87,3 +87,45 @@ def test_mixup_blends_images_and_labels_with_the_same_weight():
     # same-class images keeps a hard label and a cat-dog pair's P(dog) lies strictly inside (0, 1).
     soft = (my[:, 1] > 1e-3) & (my[:, 1] < 1 - 1e-3)
     assert soft.any() and (soft <= changed).all()
+
+
+def _augment(size: int, **augment):
+    from dogs_vs_cats import params as P
+    from dogs_vs_cats.train import augmenter
+
+    off = dict(flip=False, crop_scale=1.0, rotation=0.0, contrast=0.0, brightness=0.0, mixup=0.0)
+    return augmenter(P.from_dict({"prepare": {"image_size": 32}, "train": {"augment": {**off, **augment}}}), size)
+
+
+def test_batched_augmentation_is_one_exact_resampling():
+    import tensorflow as tf
+
+    tf.random.set_seed(0)
+    images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3)).astype(np.uint8)
+    labels = np.arange(64) % 2
+    x, y = _augment(32)(images, labels)
+    assert np.array_equal(x.numpy(), images) and np.array_equal(y.numpy().argmax(1), labels)
+    # Resizing for progressive training matches tf.image.resize's half-pixel bilinear.
+    x, _ = _augment(24)(images, labels)
+    assert np.allclose(x.numpy(), tf.image.resize(images.astype(np.float32), (24, 24)).numpy(), atol=0.02)
+    # Mirroring is per image: each is exactly itself or its mirror image, and both happen.
+    x = _augment(32, flip=True)(images, labels)[0].numpy()
+    mirrored = np.array([np.array_equal(a, b[:, ::-1]) for a, b in zip(x, images)])
+    kept = np.array([np.array_equal(a, b) for a, b in zip(x, images)])
+    assert (mirrored ^ kept).all() and 10 < mirrored.sum() < 54
+
+
+def test_crops_rotations_and_colour_change_each_image_differently_within_range():
+    import tensorflow as tf
+
+    tf.random.set_seed(1)
+    # A smooth ramp, so a crop or rotation moves values without leaving the image's range.
+    ramp = np.linspace(0, 255, 32, dtype=np.float32)[None, None, :, None] * np.ones((16, 32, 1, 3), np.float32)
+    x, y = _augment(24, crop_scale=0.35, rotation=0.05, contrast=0.2, brightness=0.1)(ramp.astype(np.uint8), np.zeros(16, int))
+    x = x.numpy()
+    assert x.shape == (16, 24, 24, 3) and y.shape == (16, 2)
+    assert x.min() >= 0 and x.max() <= 255
+    per_image = x.reshape(16, -1)
+    assert len({round(float(v), 3) for v in per_image.std(axis=1)}) == 16  # every image its own crop/colour
+    # A crop of a left-to-right ramp still rises left to right (mirroring is off here).
+    assert (x[:, 12, -1, 0] > x[:, 12, 0, 0]).all()
