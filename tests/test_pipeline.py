@@ -66,6 +66,7 @@ def test_stage_outputs_exist_and_make_sense(repro):
     log_rows = list(csv.DictReader(open(p / "metrics/train_log.csv")))
     assert [int(r["epoch"]) for r in log_rows] == [1, 2]
     assert all(0 <= float(r["val_accuracy"]) <= 1 for r in log_rows)
+    assert all(float(r["train_s"]) > 0 for r in log_rows)
 
     ev = json.loads((p / "metrics/eval.json").read_text())
     for key in ("val", "holdout"):

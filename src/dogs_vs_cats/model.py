@@ -119,6 +119,10 @@ class MeanOfHalves(layers.Layer):
         half = keras.ops.shape(p)[0] // 2
         return (p[:half] + p[half:]) / 2
 
+    def compute_output_shape(self, shape):
+        # Declared, not traced: JAX cannot prove the two halves of an unknown batch are equal.
+        return (None if shape[0] is None else shape[0] // 2, *shape[1:])
+
 
 def with_flip_tta(net: keras.Model) -> keras.Model:
     """Average the net's output over the image and its mirror image.
@@ -158,3 +162,22 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return dict(peak=self.peak, warmup_steps=self.warmup_steps, total_steps=self.total_steps, cosine=self.cosine)
+
+
+def compile_for_training(net: keras.Model, t, steps_per_epoch: int) -> None:
+    """Compile `net` with the recipe in `t` (params.train): optimiser, warm-up + cosine schedule, loss.
+
+    Kept free of TensorFlow so the recipe runs unchanged on any Keras backend (bench/bf16).
+    """
+    schedule = WarmupCosine(
+        t.learning_rate, t.warmup_epochs * steps_per_epoch, t.epochs * steps_per_epoch, t.schedule == "cosine"
+    )
+    if t.optimizer == "adamw":
+        opt = keras.optimizers.AdamW(schedule, weight_decay=t.weight_decay)
+    else:
+        opt = keras.optimizers.SGD(schedule, momentum=t.momentum, nesterov=True, weight_decay=t.weight_decay or None)
+    net.compile(
+        optimizer=opt,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing),
+        metrics=["accuracy", keras.metrics.CategoricalCrossentropy(name="log_loss")],
+    )

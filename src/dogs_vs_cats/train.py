@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from .common import UserError, atomic_path, log, write_csv, write_json
 from .params import Params, as_dict
-from .model import WarmupCosine, fold_temperature, squeezenet, with_flip_tta
+from .model import compile_for_training, fold_temperature, squeezenet, with_flip_tta
 from .prepare import OUT as PREPARED, read_records
 
 MODEL_DIR = Path("data/model")
@@ -32,7 +32,8 @@ MODEL = MODEL_DIR / "model.keras"
 STATE = Path("data/train_state")
 METRICS = Path("metrics/train.json")
 LOG = Path("metrics/train_log.csv")
-LOG_FIELDS = ["epoch", "accuracy", "loss", "log_loss", "val_accuracy", "val_loss", "val_log_loss", "learning_rate"]
+LOG_FIELDS = ["epoch", "accuracy", "loss", "log_loss", "val_accuracy", "val_loss", "val_log_loss", "learning_rate",
+              "train_s"]
 
 
 def cpu_has_bf16() -> bool:
@@ -185,23 +186,11 @@ def fingerprint(params: Params) -> str:
 
 
 def build(params: Params, steps_per_epoch: int):
-
     t = params.train
     # Progressive resizing feeds two image sizes; the net is fully convolutional, so one set of weights takes both.
     size = None if t.low_res_size else params.prepare.image_size
     net = squeezenet(t.model, size, 2, t.batch_norm, t.dropout, t.classifier_relu)
-    schedule = WarmupCosine(
-        t.learning_rate, t.warmup_epochs * steps_per_epoch, t.epochs * steps_per_epoch, t.schedule == "cosine"
-    )
-    if t.optimizer == "adamw":
-        opt = keras.optimizers.AdamW(schedule, weight_decay=t.weight_decay)
-    else:
-        opt = keras.optimizers.SGD(schedule, momentum=t.momentum, nesterov=True, weight_decay=t.weight_decay or None)
-    net.compile(
-        optimizer=opt,
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing),
-        metrics=["accuracy", keras.metrics.CategoricalCrossentropy(name="log_loss")],
-    )
+    compile_for_training(net, t, steps_per_epoch)
     return net
 
 
@@ -224,7 +213,9 @@ class EpochState(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
         row = {"epoch": epoch + 1, "learning_rate": float(np.asarray(self.model.optimizer.learning_rate))}
-        row.update({k: round(float(logs[k]), 5) for k in LOG_FIELDS[1:-1] if k in logs})
+        row.update({k: round(float(logs[k]), 5) for k in LOG_FIELDS[1:-2] if k in logs})
+        if self.train_seconds:  # seconds of training steps, without validation: shows a noisy host's slow epochs
+            row["train_s"] = round(self.train_seconds[-1], 1)
         self.history.append(row)
         write_csv(LOG, LOG_FIELDS, [[r.get(k, "") for k in LOG_FIELDS] for r in self.history])
         STATE.mkdir(parents=True, exist_ok=True)
