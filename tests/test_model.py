@@ -74,7 +74,7 @@ def test_mixup_blends_images_and_labels_with_the_same_weight():
     # Image i is filled with the value i, so each mixed image reveals its two sources and its weight.
     x = tf.constant(np.arange(n, dtype=np.float32)[:, None, None, None] * np.ones((1, 4, 4, 3), np.float32))
     y = tf.one_hot(np.arange(n) % 2, 2)
-    mx, my = mixup(0.4)(x, y)
+    mx, my = mixup(0.4)(x, y, tf.constant([1, 2], tf.int64))
     mx, my = mx.numpy(), my.numpy()
     assert mx.shape == (n, 4, 4, 3) and my.shape == (n, 2)
     assert np.allclose(my.sum(axis=1), 1.0)
@@ -94,7 +94,14 @@ def _augment(size: int, **augment):
     from dogs_vs_cats.train import augmenter
 
     off = dict(flip=False, crop_scale=1.0, rotation=0.0, contrast=0.0, brightness=0.0, mixup=0.0)
-    return augmenter(P.from_dict({"prepare": {"image_size": 32}, "train": {"augment": {**off, **augment}}}), size)
+    fn = augmenter(P.from_dict({"prepare": {"image_size": 32}, "train": {"augment": {**off, **augment}}}), size)
+    return lambda images, labels, seed=(3, 4): fn(images, labels, tf_seed(seed))
+
+
+def tf_seed(seed):
+    import tensorflow as tf
+
+    return tf.constant(seed, tf.int64)
 
 
 def test_batched_augmentation_is_one_exact_resampling():
@@ -129,3 +136,38 @@ def test_crops_rotations_and_colour_change_each_image_differently_within_range()
     assert len({round(float(v), 3) for v in per_image.std(axis=1)}) == 16  # every image its own crop/colour
     # A crop of a left-to-right ramp still rises left to right (mirroring is off here).
     assert (x[:, 12, -1, 0] > x[:, 12, 0, 0]).all()
+
+
+def test_augmentation_depends_only_on_its_seed():
+    images = np.random.default_rng(2).integers(0, 256, (8, 32, 32, 3)).astype(np.uint8)
+    augment = _augment(24, flip=True, crop_scale=0.35, rotation=0.05, contrast=0.2, brightness=0.1)
+    a, b, c = (augment(images, np.zeros(8, int), seed)[0].numpy() for seed in ((5, 6), (5, 6), (5, 7)))
+    assert np.array_equal(a, b) and not np.allclose(a, c)
+
+
+def test_training_batches_are_the_same_for_the_same_seed_and_change_every_epoch(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from dogs_vs_cats import params as P
+    from dogs_vs_cats import train as T
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data/prepared").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    with tf.io.TFRecordWriter("data/prepared/train.tfrecord") as w:
+        for i in range(40):
+            w.write(tf.train.Example(features=tf.train.Features(feature={
+                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[rng.integers(0, 256, 32 * 32 * 3, np.uint8).tobytes()])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 2])),
+                "name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[f"cat.{i}.jpg".encode()])),
+            })).SerializeToString())
+    params = P.from_dict({"prepare": {"image_size": 32}, "train": {"batch_size": 8, "augment": {"mixup": 0.2}}})
+
+    def two_epochs():
+        tf.keras.utils.set_random_seed(params.train.seed)
+        ds = T.train_dataset(params, 24)
+        return [np.concatenate([x.numpy().ravel() for x, _ in ds]) for _ in range(2)]
+
+    first, again = two_epochs(), two_epochs()
+    assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+    assert not np.allclose(first[0], first[1])

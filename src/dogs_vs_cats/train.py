@@ -86,10 +86,12 @@ def augmenter(params: Params, size: int):
     src = params.prepare.image_size
     geometric = a.crop_scale < 1.0 or a.flip or a.rotation > 0 or size != src
 
-    def affine(n):
+    def affine(n, seeds):
         """Per-image maps from output pixel (x, y) to input pixel, as ImageProjectiveTransformV3 rows."""
+        draws = iter(tf.unstack(tf.random.experimental.stateless_split(seeds, 6)))
+
         def uniform(lo, hi):
-            return tf.random.uniform([n], lo, hi)
+            return tf.random.stateless_uniform([n], next(draws), lo, hi)
 
         ones = tf.ones([n])
         if a.crop_scale < 1.0:
@@ -113,19 +115,21 @@ def augmenter(params: Params, size: int):
         zeros = 0 * ones
         return tf.stack([a0, a1, cx - (a0 + a1) * m, b0, b1, cy - (b0 + b1) * m, zeros, zeros], axis=1)
 
-    def augment(images, labels):
+    def augment(images, labels, seed):
+        """`seed` (2 integers) fixes every random draw: tf.data may run batches in any order."""
         x = tf.cast(images, tf.float32)
         n = tf.shape(x)[0]
+        geo_seed, bright_seed, contrast_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
         if geometric:
             x = tf.raw_ops.ImageProjectiveTransformV3(
-                images=x, transforms=affine(n), output_shape=[size, size], fill_value=0.0,
+                images=x, transforms=affine(n, geo_seed), output_shape=[size, size], fill_value=0.0,
                 interpolation="BILINEAR", fill_mode="REFLECT",
             )
         if a.brightness > 0:
-            x = x + tf.random.uniform([n, 1, 1, 1], -a.brightness, a.brightness) * 255.0
+            x = x + tf.random.stateless_uniform([n, 1, 1, 1], bright_seed, -a.brightness, a.brightness) * 255.0
         if a.contrast > 0:
             mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
-            x = (x - mean) * tf.random.uniform([n, 1, 1, 1], 1 - a.contrast, 1 + a.contrast) + mean
+            x = (x - mean) * tf.random.stateless_uniform([n, 1, 1, 1], contrast_seed, 1 - a.contrast, 1 + a.contrast) + mean
         return tf.clip_by_value(x, 0.0, 255.0), tf.one_hot(labels, 2)
 
     return augment
@@ -137,11 +141,12 @@ def mixup(alpha: float):
     Each pair gets its own weight from Beta(alpha, alpha), drawn as a ratio of two
     gamma variates since TensorFlow has no Beta sampler.
     """
-    def mix(x, y):
+    def mix(x, y, seed):
         n = tf.shape(x)[0]
-        a, b = tf.random.gamma([n], alpha), tf.random.gamma([n], alpha)
+        sa, sb, sp = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+        a, b = tf.random.stateless_gamma([n], sa, alpha), tf.random.stateless_gamma([n], sb, alpha)
         lam = a / (a + b)
-        partner = tf.random.shuffle(tf.range(n))
+        partner = tf.random.experimental.stateless_shuffle(tf.range(n), sp)
         lx, ly = lam[:, None, None, None], lam[:, None]
         return lx * x + (1 - lx) * tf.gather(x, partner), ly * y + (1 - ly) * tf.gather(y, partner)
 
@@ -151,15 +156,22 @@ def mixup(alpha: float):
 def train_dataset(params: Params, size: int):
     """Shuffled, augmented training batches at `size` px, streamed from the prepared store."""
     t = params.train
-    train = (
+    batches = (
         read_records(PREPARED / "train.tfrecord", params.prepare.image_size)
         .map(lambda x, y, name: (x, y))
         .shuffle(t.shuffle_buffer, seed=t.seed, reshuffle_each_iteration=True)
         .batch(t.batch_size, drop_remainder=False)
-        .map(augmenter(params, size), num_parallel_calls=tf.data.AUTOTUNE)
     )
-    if t.augment.mixup > 0:
-        train = train.map(mixup(t.augment.mixup), num_parallel_calls=tf.data.AUTOTUNE)
+    # One seed pair per batch, from a seeded stream that differs each epoch: the random draws
+    # then depend on the batch, not on which of tf.data's parallel calls happens to run first.
+    seeds = tf.data.Dataset.random(seed=t.seed, rerandomize_each_iteration=True).batch(4)
+    augment, mix = augmenter(params, size), mixup(t.augment.mixup) if t.augment.mixup > 0 else None
+
+    def step(batch, seed):
+        x, y = augment(*batch, seed[:2])
+        return mix(x, y, seed[2:]) if mix else (x, y)
+
+    train = tf.data.Dataset.zip((batches, seeds)).map(step, num_parallel_calls=tf.data.AUTOTUNE)
     return train.prefetch(tf.data.AUTOTUNE)
 
 
