@@ -26,6 +26,21 @@ def test_v1_1_and_batch_norm_variants():
         squeezenet("alexnet", 128)
 
 
+@pytest.mark.parametrize("version", ["squeezenet1_0", "squeezenet1_1"])
+def test_simple_bypass_adds_identity_shortcuts_and_no_parameters(version):
+    plain, bypassed = squeezenet(version, 96), squeezenet(version, 96, bypass=True)
+    assert bypassed.count_params() == plain.count_params()
+    adds = [l for l in bypassed.layers if isinstance(l, keras.layers.Add)]
+    assert [l.name for l in adds] == ["fire3_bypass", "fire5_bypass", "fire7_bypass", "fire9_bypass"]
+    # Each shortcut sums the fire module's input with its output.
+    for add in adds:
+        fire = add.name.split("_")[0]
+        assert bypassed.get_layer(f"{fire}_concat").output in add.input
+    bypassed.set_weights(plain.get_weights())
+    x = np.random.default_rng(0).uniform(0, 255, (2, 96, 96, 3)).astype("float32")
+    assert not np.allclose(bypassed(x, training=False), plain(x, training=False))
+
+
 def test_parameter_count_does_not_depend_on_image_size():
     assert squeezenet("squeezenet1_0", 96).count_params() == squeezenet("squeezenet1_0", 227).count_params()
 

@@ -62,6 +62,7 @@ class Augment:
 class Train:
     model: str = "squeezenet1_1"
     batch_norm: bool = True
+    bypass: bool = False
     classifier_relu: bool = False
     dropout: float = 0.5
     optimizer: str = "adamw"

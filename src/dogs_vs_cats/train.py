@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from .common import UserError, atomic_path, log, write_csv, write_json
 from .params import Params, as_dict
-from .model import compile_for_training, fold_temperature, squeezenet, with_flip_tta
+from .model import compile_for_training, fold_temperature, from_params, with_flip_tta
 from .prepare import OUT as PREPARED, read_records
 
 MODEL_DIR = Path("data/model")
@@ -88,7 +88,7 @@ def augmenter(params: Params, size: int):
 
     def affine(n, seeds):
         """Per-image maps from output pixel (x, y) to input pixel, as ImageProjectiveTransformV3 rows."""
-        draws = iter(tf.unstack(tf.random.experimental.stateless_split(seeds, 6)))
+        draws = iter(seeds)
 
         def uniform(lo, hi):
             return tf.random.stateless_uniform([n], next(draws), lo, hi)
@@ -106,23 +106,24 @@ def augmenter(params: Params, size: int):
             w = h = src * ones
             cx = cy = (src - 1) / 2 * ones
         mirror = tf.where(uniform(0.0, 1.0) < 0.5, -1.0, 1.0) if a.flip else ones
-        angle = uniform(-a.rotation, a.rotation) * 2 * math.pi if a.rotation > 0 else 0 * ones
+        angle = uniform(-a.rotation, a.rotation) * 2 * math.pi if a.rotation > 0 else tf.zeros([n])
         c, s = tf.cos(angle), tf.sin(angle)
         # Scale the output square onto the crop (mirrored or not), rotate about the crop's centre.
         m = (size - 1) / 2
         a0, a1 = c * w * mirror / size, -s * h / size
         b0, b1 = s * w * mirror / size, c * h / size
-        zeros = 0 * ones
+        zeros = tf.zeros([n])
         return tf.stack([a0, a1, cx - (a0 + a1) * m, b0, b1, cy - (b0 + b1) * m, zeros, zeros], axis=1)
 
     def augment(images, labels, seed):
         """`seed` (2 integers) fixes every random draw: tf.data may run batches in any order."""
         x = tf.cast(images, tf.float32)
         n = tf.shape(x)[0]
-        geo_seed, bright_seed, contrast_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+        # One split serves every draw: six for the affine map, one each for brightness and contrast.
+        *geo_seeds, bright_seed, contrast_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 8))
         if geometric:
             x = tf.raw_ops.ImageProjectiveTransformV3(
-                images=x, transforms=affine(n, geo_seed), output_shape=[size, size], fill_value=0.0,
+                images=x, transforms=affine(n, geo_seeds), output_shape=[size, size], fill_value=0.0,
                 interpolation="BILINEAR", fill_mode="REFLECT",
             )
         if a.brightness > 0:
@@ -201,7 +202,7 @@ def build(params: Params, steps_per_epoch: int):
     t = params.train
     # Progressive resizing feeds two image sizes; the net is fully convolutional, so one set of weights takes both.
     size = None if t.low_res_size else params.prepare.image_size
-    net = squeezenet(t.model, size, 2, t.batch_norm, t.dropout, t.classifier_relu)
+    net = from_params(t, size)
     compile_for_training(net, t, steps_per_epoch)
     return net
 
@@ -325,7 +326,7 @@ def run(params: Params) -> None:
 
     # The shipped model is float32 whatever the training precision: it must run anywhere.
     keras.mixed_precision.set_global_policy("float32")
-    final = squeezenet(t.model, params.prepare.image_size, 2, t.batch_norm, t.dropout, t.classifier_relu)
+    final = from_params(t, params.prepare.image_size)
     final.set_weights(net.get_weights())
     z, zf, y = _logits(final, params)
     temperature = fit_temperature(z, y, zf if t.tta else None)
