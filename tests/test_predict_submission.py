@@ -114,3 +114,15 @@ def test_submission_check_errors_name_the_file_the_user_knows(tmp_path, sample):
     with pytest.raises(UserError) as err:
         check(tmp, sample, shown=tmp_path / "submission.csv")
     assert str(err.value).startswith(f"{tmp_path / 'submission.csv'}: has 1 rows")
+
+
+def test_scores_count_one_half_as_dog_and_match_the_log_loss_formula():
+    from dogs_vs_cats.common import scores
+
+    p, y = np.array([0.5, 0.2, 0.9, 0.6]), np.array([1, 0, 1, 0])
+    s = scores(p, y)
+    assert s["images"] == 4 and s["accuracy"] == 0.75  # 0.5 counts as dog; 0.6 for a cat is the one miss
+    expected = -np.mean(np.log([0.5, 0.8, 0.9, 0.4]))
+    assert s["log_loss"] == round(float(expected), 4)
+    assert s["roc_auc"] == 0.75  # of the four dog-cat pairs, only (0.5, 0.6) ranks the cat higher
+    assert scores(np.array([0.3, 0.7]), np.array([1, 1]))["roc_auc"] is None  # one class: AUC undefined

@@ -81,3 +81,21 @@ class Progress:
     @property
     def rate(self) -> float:
         return self.done / max(time.monotonic() - self.start, 1e-9)
+
+
+def scores(p, y) -> dict:
+    """Accuracy, log loss and ROC AUC of P(dog) `p` against labels `y` (1 = dog), as every report gives them.
+
+    Free of TensorFlow, so benchmarks on other Keras backends score exactly as the evaluate stage does.
+    """
+    import numpy as np
+    from sklearn import metrics as skm
+
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(y)
+    both = len(set(y.tolist())) == 2
+    return {
+        "images": int(len(y)),
+        "accuracy": round(float(np.mean((p >= 0.5) == (y == 1))), 4),
+        "log_loss": round(float(skm.log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1])), 4),
+        "roc_auc": round(float(skm.roc_auc_score(y, p)), 4) if both else None,
+    }

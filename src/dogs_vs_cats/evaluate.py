@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from sklearn import metrics as skm
 
-from .common import write_csv, write_json
+from .common import scores, write_csv, write_json
 from .params import Params
 from .predict import Predictor
 from .prepare import OUT as PREPARED, read_records
@@ -30,16 +30,6 @@ def predict_records(predictor: Predictor, path: Path, batch_size: int = 64):
     if not ps:
         return np.zeros(0), np.zeros(0, dtype=int), []
     return np.concatenate(ps), np.concatenate(ys), names
-
-
-def scores(p: np.ndarray, y: np.ndarray) -> dict:
-    both = len(set(y.tolist())) == 2
-    return {
-        "images": int(len(y)),
-        "accuracy": round(float(np.mean((p >= 0.5) == (y == 1))), 4),
-        "log_loss": round(float(skm.log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1])), 4),
-        "roc_auc": round(float(skm.roc_auc_score(y, p)), 4) if both else None,
-    }
 
 
 def _curve_rows(a: np.ndarray, b: np.ndarray, max_points: int = 400):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import atomic_path, log, write_json
-from .evaluate import predict_records, scores
+from .common import atomic_path, log, scores, write_json
+from .evaluate import predict_records
 from .params import Params
 from .predict import Predictor
 from .prepare import OUT as PREPARED, read_records
