@@ -209,7 +209,8 @@ def test_experiment_then_metrics_params_and_plots_diff_between_commits(repro, tm
     base = git(p, "rev-parse", "HEAD").strip()
 
     run = dvc(["exp", "run", "-n", "v10", "-S", "train.epochs=1", "-S", "train.warmup_epochs=0",
-               "-S", "train.model=squeezenet1_0", "-S", "train.batch_norm=false", "-S", "train.low_res_size=0"], p, env)
+               "-S", "train.model=squeezenet1_0", "-S", "train.batch_norm=false", "-S", "train.bypass=false",
+               "-S", "train.low_res_size=0"], p, env)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     shown = dvc(["exp", "show", "--csv"], p, env)
     assert shown.returncode == 0
@@ -228,6 +229,7 @@ def test_experiment_then_metrics_params_and_plots_diff_between_commits(repro, tm
     assert "holdout.accuracy" in changed
     params = json.loads(dvc(["params", "diff", base, "HEAD", "--json"], p, env).stdout)["params.yaml"]
     assert params["train.model"] == {"old": "squeezenet1_1", "new": "squeezenet1_0"}
+    assert params["train.bypass"] == {"old": True, "new": False}
 
     out = tmp_path / "diff_html"
     plots = dvc(["plots", "diff", base, "HEAD", "-o", str(out)], p, env)
