@@ -229,7 +229,7 @@ def test_experiment_then_metrics_params_and_plots_diff_between_commits(repro, tm
     assert "holdout.accuracy" in changed
     params = json.loads(dvc(["params", "diff", base, "HEAD", "--json"], p, env).stdout)["params.yaml"]
     assert params["train.model"] == {"old": "squeezenet1_1", "new": "squeezenet1_0"}
-    assert params["train.bypass"] == {"old": True, "new": False}
+    assert (params["train.bypass"]["old"], params["train.bypass"]["new"]) == (True, False)
 
     out = tmp_path / "diff_html"
     plots = dvc(["plots", "diff", base, "HEAD", "-o", str(out)], p, env)
