@@ -165,17 +165,15 @@ def test_training_batches_are_the_same_for_the_same_seed_and_change_every_epoch(
 
     from dogs_vs_cats import params as P
     from dogs_vs_cats import train as T
+    from dogs_vs_cats.prepare import count_records, record
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data/prepared").mkdir(parents=True)
     rng = np.random.default_rng(0)
     with tf.io.TFRecordWriter("data/prepared/train.tfrecord") as w:
         for i in range(40):
-            w.write(tf.train.Example(features=tf.train.Features(feature={
-                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[rng.integers(0, 256, 32 * 32 * 3, np.uint8).tobytes()])),
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 2])),
-                "name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[f"cat.{i}.jpg".encode()])),
-            })).SerializeToString())
+            w.write(record(rng.integers(0, 256, 32 * 32 * 3, np.uint8).tobytes(), i % 2, f"cat.{i}.jpg"))
+    assert count_records(tmp_path / "data/prepared/train.tfrecord") == 40
     params = P.from_dict({"prepare": {"image_size": 32}, "train": {"batch_size": 8, "augment": {"mixup": 0.2}}})
 
     def two_epochs():

@@ -131,6 +131,26 @@ def decode_pool(workers: int):
     return pool
 
 
+def record(pixels: bytes, label: int, name: str) -> bytes:
+    """One prepared image as a serialized tf.train.Example: the format `read_records` parses."""
+    import tensorflow as tf
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[pixels])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+        "name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode()])),
+    })).SerializeToString()
+
+
+def count_records(path: Path) -> int:
+    """How many images a prepared file holds (records are counted, not decoded)."""
+    import tensorflow as tf
+
+    if not Path(path).is_file():
+        raise UserError(f"{path}: missing; run `dvc repro prepare` first")
+    return int(tf.data.TFRecordDataset(str(path)).reduce(0, lambda n, _: n + 1))
+
+
 def write_records(pool, archive: Path, items, size: int, out: Path, what: str):
     """Decode `items` from `archive` on the pool's processes and write them, in order, as TFRecords."""
     import tensorflow as tf
@@ -145,12 +165,7 @@ def write_records(pool, archive: Path, items, size: int, out: Path, what: str):
                 skipped.append({"file": name, "error": err})
                 log(f"prepare: warning: skipping {archive.name}:{name}: {err}")
                 continue
-            example = tf.train.Example(features=tf.train.Features(feature={
-                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[pixels])),
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-                "name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode()])),
-            }))
-            writer.write(example.SerializeToString())
+            writer.write(record(pixels, label, name))
         writer.flush()
     return len(items) - len(skipped), skipped, progress.rate
 

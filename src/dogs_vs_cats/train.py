@@ -25,7 +25,7 @@ import tensorflow as tf
 from .common import UserError, atomic_path, log, write_csv, write_json
 from .params import Params, as_dict
 from .model import compile_for_training, fold_temperature, from_params, with_flip_tta
-from .prepare import OUT as PREPARED, read_records
+from .prepare import OUT as PREPARED, count_records, read_records
 
 MODEL_DIR = Path("data/model")
 MODEL = MODEL_DIR / "model.keras"
@@ -294,7 +294,8 @@ def run(params: Params) -> None:
     precision = choose_precision(t.precision)
     keras.mixed_precision.set_global_policy(precision)
     strategy = choose_strategy(t.strategy)
-    n_train = json.loads(Path("metrics/prepare.json").read_text())["images"]["train"]
+    # Counted from the prepared file itself, so prepare's report (which holds a throughput) is no train input.
+    n_train = count_records(PREPARED / "train.tfrecord")
     steps = math.ceil(n_train / t.batch_size)
     fp = fingerprint(params)
     with strategy.scope():
@@ -307,7 +308,7 @@ def run(params: Params) -> None:
     phases = [(t.low_res_epochs, t.low_res_size)] if t.low_res_size else []
     phases.append((t.epochs, size))
     log(
-        f"train: {t.model} ({net.count_params():,} params, batch_norm={t.batch_norm}) on {n_train} images, "
+        f"train: {t.model} ({net.count_params():,} params, batch_norm={t.batch_norm}, bypass={t.bypass}) on {n_train} images, "
         f"{t.epochs} epochs ({', '.join(f'to {e} at {s}px' for e, s in phases)}), {precision}, "
         f"strategy {t.strategy} ({strategy.num_replicas_in_sync} replica(s))"
     )
