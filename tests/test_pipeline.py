@@ -128,6 +128,17 @@ def test_changing_a_training_param_does_not_rerun_download_split_or_prepare(repr
     set_params(p, **{"train.label_smoothing": SMALL.get("train.label_smoothing", 0.1)})
 
 
+def test_rerunning_prepare_on_the_same_inputs_does_not_retrain(repro):
+    # prepare's report holds a throughput, which differs every run: train must depend on the
+    # prepared images only, and those must come out byte-identical.
+    p, env = repro["project"], repro["env"]
+    before = {f.name: f.read_bytes() for f in (p / "data/prepared").glob("*.tfrecord")}
+    assert len(before) == 4
+    result = dvc(["repro", "--force", "--single-item", "prepare"], p, env)
+    assert result.returncode == 0, result.stderr
+    assert {f.name: f.read_bytes() for f in (p / "data/prepared").glob("*.tfrecord")} == before
+    assert json.loads(dvc(["status", "--json"], p, env).stdout) == {}
+
 # --- Kaggle upload ------------------------------------------------------------------------------
 
 def submit(repro, fake, *args):
