@@ -10,7 +10,7 @@ import pytest
 
 from conftest import image_bytes, make_competition, run_cli
 from dogs_vs_cats import params as P
-from dogs_vs_cats.prepare import BadImage, load_image
+from dogs_vs_cats.prepare import BadImage, load_image, read_records, record
 from dogs_vs_cats.split import make_split
 
 
@@ -110,6 +110,21 @@ def test_prepare_skips_and_reports_bad_training_images_and_keeps_test_ids(tmp_pa
     assert report["images"]["test"] == 6
     # The PNG named .jpg was converted, not skipped (it is a decodable image).
     assert "train/cat.101.jpg" not in skipped
+
+
+def test_a_record_writes_its_features_in_sorted_order_so_reruns_give_the_same_bytes(tmp_path):
+    # protobuf orders a map's entries by a per-process hash unless asked to be deterministic;
+    # without it, re-running prepare changed the TFRecords' bytes (and DVC retrained) at random.
+    blob = record(bytes(range(12)), 1, "train/dog.7.jpg")
+    positions = [blob.index(key) for key in (b"image", b"label", b"name")]
+    assert positions == sorted(positions)
+    import tensorflow as tf
+
+    path = tmp_path / "one.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as w:
+        w.write(blob)
+    [(pixels, label, name)] = [(p.numpy(), int(l), n.numpy().decode()) for p, l, n in read_records(path, 2)]
+    assert (pixels.tobytes(), label, name) == (bytes(range(12)), 1, "train/dog.7.jpg")
 
 
 @pytest.mark.parametrize("which", ["train.zip", "test.zip"])

@@ -132,14 +132,19 @@ def decode_pool(workers: int):
 
 
 def record(pixels: bytes, label: int, name: str) -> bytes:
-    """One prepared image as a serialized tf.train.Example: the format `read_records` parses."""
+    """One prepared image as a serialized tf.train.Example: the format `read_records` parses.
+
+    Serialized deterministically: protobuf writes a map's entries in an order that can
+    change from one process to the next, so without it the same images give different
+    bytes, and DVC would see new prepared data (and retrain) after every re-run.
+    """
     import tensorflow as tf
 
     return tf.train.Example(features=tf.train.Features(feature={
         "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[pixels])),
         "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
         "name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode()])),
-    })).SerializeToString()
+    })).SerializeToString(deterministic=True)
 
 
 def count_records(path: Path) -> int:
