@@ -42,6 +42,7 @@ def test_shipped_params_file_is_valid_and_matches_the_code_defaults():
         ("train.precision", "fp8", "expected one of auto, float32, mixed_bfloat16"),
         ("train.augment.crop_scale", 1.5, "train.augment.crop_scale = 1.5 is invalid"),
         ("submission.clip", 0.5, "submission.clip = 0.5 is invalid"),
+        ("train.validation_freq", 0, "train.validation_freq = 0 is invalid: expected a number in [1, 10000]"),
         ("train.learning_rate", float("nan"), "expected a finite number"),
     ],
 )

@@ -81,6 +81,7 @@ class Train:
     tta: bool = True
     low_res_size: int = 0
     low_res_epochs: int = 0
+    validation_freq: int = 3
     augment: Augment = field(default_factory=Augment)
 
 
@@ -148,6 +149,7 @@ _RULES: dict[str, tuple] = {
     "train.shuffle_buffer": _between(1, 10_000_000),
     "train.low_res_size": ((lambda v: v == 0 or 32 <= v <= 1024), "0 (off) or a size in [32, 1024]"),
     "train.low_res_epochs": _between(0, 10_000),
+    "train.validation_freq": _between(1, 10_000),
     "train.augment.crop_scale": _between(0.05, 1),
     "train.augment.rotation": _between(0, 0.5),
     "train.augment.contrast": _between(0, 1, hi_open=True),

@@ -224,6 +224,9 @@ class EpochState(keras.callbacks.Callback):
             del self._t0
 
     def on_epoch_end(self, epoch, logs=None):
+        if hasattr(self, "_t0"):  # an epoch without validation (train.validation_freq)
+            self.train_seconds.append(time.monotonic() - self._t0)
+            del self._t0
         logs = dict(logs or {})
         row = {"epoch": epoch + 1, "learning_rate": float(np.asarray(self.model.optimizer.learning_rate))}
         row.update({k: round(float(logs[k]), 5) for k in LOG_FIELDS[1:-2] if k in logs})
@@ -310,17 +313,21 @@ def run(params: Params) -> None:
     log(
         f"train: {t.model} ({net.count_params():,} params, batch_norm={t.batch_norm}, bypass={t.bypass}) on {n_train} images, "
         f"{t.epochs} epochs ({', '.join(f'to {e} at {s}px' for e, s in phases)}), {precision}, "
-        f"strategy {t.strategy} ({strategy.num_replicas_in_sync} replica(s))"
+        f"strategy {t.strategy} ({strategy.num_replicas_in_sync} replica(s)), validating every {t.validation_freq} epoch(s) and the last"
     )
     callback = EpochState(fp, history)
     val_ds = val_dataset(params)
+    # Validation only monitors (nothing is chosen by it), so it runs every validation_freq-th epoch
+    # and always after the last, whose figures go to metrics/train.json.
+    val_epochs = [e for e in range(1, t.epochs + 1) if e % t.validation_freq == 0 or e == t.epochs]
     start = time.monotonic()
     for until, train_size in phases:
         done = len(history)
         if done >= until:
             continue
         net.fit(
-            train_dataset(params, train_size), validation_data=val_ds, epochs=until, initial_epoch=done,
+            train_dataset(params, train_size), validation_data=val_ds, validation_freq=val_epochs,
+            epochs=until, initial_epoch=done,
             callbacks=[callback], verbose=1 if sys.stderr.isatty() else 2,
         )
     wall = time.monotonic() - start
