@@ -32,8 +32,11 @@ MODEL = MODEL_DIR / "model.keras"
 STATE = Path("data/train_state")
 METRICS = Path("metrics/train.json")
 LOG = Path("metrics/train_log.csv")
-LOG_FIELDS = ["epoch", "accuracy", "loss", "log_loss", "val_accuracy", "val_loss", "val_log_loss", "learning_rate",
-              "train_s"]
+LOG_FIELDS = ["epoch", "accuracy", "loss", "log_loss", "learning_rate", "train_s"]
+# Validated epochs only (train.validation_freq): a file of its own, since DVC's plots draw an
+# empty CSV cell as 0, not as a gap.
+VAL_LOG = Path("metrics/val_log.csv")
+VAL_FIELDS = ["epoch", "val_accuracy", "val_loss", "val_log_loss"]
 
 
 def cpu_has_bf16() -> bool:
@@ -229,11 +232,12 @@ class EpochState(keras.callbacks.Callback):
             del self._t0
         logs = dict(logs or {})
         row = {"epoch": epoch + 1, "learning_rate": float(np.asarray(self.model.optimizer.learning_rate))}
-        row.update({k: round(float(logs[k]), 5) for k in LOG_FIELDS[1:-2] if k in logs})
+        row.update({k: round(float(logs[k]), 5) for k in LOG_FIELDS[1:4] + VAL_FIELDS[1:] if k in logs})
         if self.train_seconds:  # seconds of training steps, without validation: shows a noisy host's slow epochs
             row["train_s"] = round(self.train_seconds[-1], 1)
         self.history.append(row)
         write_csv(LOG, LOG_FIELDS, [[r.get(k, "") for k in LOG_FIELDS] for r in self.history])
+        write_csv(VAL_LOG, VAL_FIELDS, [[r[k] for k in VAL_FIELDS] for r in self.history if "val_accuracy" in r])
         STATE.mkdir(parents=True, exist_ok=True)
         with atomic_path(STATE / "last.keras", suffix=".keras") as tmp:
             self.model.save(tmp)
