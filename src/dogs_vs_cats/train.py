@@ -220,16 +220,16 @@ class EpochState(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.monotonic()
 
-    def on_test_begin(self, logs=None):
-        # Validation follows the last training step: stop the throughput clock here.
+    def _stop_clock(self):
         if hasattr(self, "_t0"):
             self.train_seconds.append(time.monotonic() - self._t0)
             del self._t0
 
+    def on_test_begin(self, logs=None):
+        self._stop_clock()  # validation follows the last training step
+
     def on_epoch_end(self, epoch, logs=None):
-        if hasattr(self, "_t0"):  # an epoch without validation (train.validation_freq)
-            self.train_seconds.append(time.monotonic() - self._t0)
-            del self._t0
+        self._stop_clock()  # epochs without validation (train.validation_freq) stop it here
         logs = dict(logs or {})
         row = {"epoch": epoch + 1, "learning_rate": float(np.asarray(self.model.optimizer.learning_rate))}
         row.update({k: round(float(logs[k]), 5) for k in LOG_FIELDS[1:4] + VAL_FIELDS[1:] if k in logs})
