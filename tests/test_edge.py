@@ -22,7 +22,7 @@ keras = pytest.importorskip("keras")
 def models(tmp_path_factory):
     """A small SqueezeNet with a sharpened head (so answers vary), as .keras and all three TFLite forms."""
     from dogs_vs_cats.export import convert
-    from dogs_vs_cats.model import squeezenet, with_flip_tta
+    from dogs_vs_cats.model import squeezenet, with_tta
     from dogs_vs_cats.prepare import load_image
 
     keras.utils.set_random_seed(0)
@@ -31,7 +31,7 @@ def models(tmp_path_factory):
     net = squeezenet("squeezenet1_1", 48)
     k, b = net.get_layer("conv10").get_weights()
     net.get_layer("conv10").set_weights([k * 30, b])
-    model = with_flip_tta(net)
+    model = with_tta(net, flip=True, crop=0.8)  # every view the train stage ships
     model.save(folder / "model.keras")
     paths = {"keras": folder / "model.keras"}
     for form in ("float32", "float16", "int8"):

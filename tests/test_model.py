@@ -6,7 +6,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from dogs_vs_cats.model import fold_temperature, squeezenet, with_flip_tta  # noqa: E402
+from dogs_vs_cats.model import fold_temperature, squeezenet, with_tta  # noqa: E402
 
 
 def test_v1_0_without_batch_norm_is_the_demos_736450_parameter_net():
@@ -66,16 +66,49 @@ def test_folding_a_temperature_divides_the_logits_exactly(relu):
         fold_temperature(net, 0)
 
 
+def test_fitted_temperature_recovers_the_one_that_made_the_labels():
+    from dogs_vs_cats.train import fit_temperature
+
+    rng = np.random.default_rng(4)
+    gap = rng.normal(0, 4, 20000)
+    # Two views per image (say, image and mirror) whose logits differ a little, labels drawn at T = 2.
+    views = np.stack([np.stack([np.zeros_like(g), g], axis=1) for g in (gap, gap + rng.normal(0, 0.3, gap.size))])
+    p = np.mean(1 / (1 + np.exp(-views[..., 1] / 2.0)), axis=0)
+    labels = (rng.uniform(size=gap.size) < p).astype(int)
+    assert abs(fit_temperature(views, labels) - 2.0) < 0.15
+    assert abs(fit_temperature(views / 3, labels) - 2.0 / 3) < 0.05
+
+
 def test_flip_tta_averages_image_and_mirror_and_shares_weights():
     keras.utils.set_random_seed(2)
     net = squeezenet("squeezenet1_1", 64)
-    tta = with_flip_tta(net)
+    tta = with_tta(net, flip=True)
     assert tta.count_params() == net.count_params()
     x = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype("float32")
     expected = (np.asarray(net(x)) + np.asarray(net(x[:, :, ::-1]))) / 2
     assert np.allclose(np.asarray(tta(x)), expected, atol=1e-6)
     # A mirrored image gets exactly the same answer.
     assert np.allclose(np.asarray(tta(x[:, :, ::-1])), np.asarray(tta(x)), atol=1e-6)
+
+
+def test_crop_tta_adds_the_zoomed_centre_and_its_mirror(tmp_path):
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(3)
+    net = squeezenet("squeezenet1_1", 64)
+    tta = with_tta(net, flip=True, crop=0.75)
+    x = np.random.default_rng(1).uniform(0, 255, (3, 64, 64, 3)).astype("float32")
+    # 75% of 64 px is the central 48 px (8 px off each side), zoomed back to 64.
+    crop = tf.image.resize(x[:, 8:56, 8:56], (64, 64), method="bilinear").numpy()
+    views = [x, x[:, :, ::-1], crop, crop[:, :, ::-1]]
+    expected = np.mean([np.asarray(net(v)) for v in views], axis=0)
+    assert np.allclose(np.asarray(tta(x)), expected, atol=1e-6)
+    assert not np.allclose(expected, np.asarray(with_tta(net, flip=True)(x)), atol=1e-4)  # the crop counted
+    # Saved and loaded, the views (custom layers with their settings) come back the same.
+    tta.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert np.allclose(np.asarray(loaded(x)), expected, atol=1e-6)
+    assert with_tta(net, flip=False, crop=0.0) is net
 
 
 def test_mixup_blends_images_and_labels_with_the_same_weight():
@@ -184,3 +217,19 @@ def test_training_batches_are_the_same_for_the_same_seed_and_change_every_epoch(
     first, again = two_epochs(), two_epochs()
     assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
     assert not np.allclose(first[0], first[1])
+
+
+def test_models_saved_with_the_old_flip_layers_still_load_and_agree(tmp_path):
+    from keras import layers
+
+    from dogs_vs_cats.model import HorizontalFlip, MeanOfHalves
+
+    keras.utils.set_random_seed(5)
+    net = squeezenet("squeezenet1_1", 48)
+    # The graph with_flip_tta built before train.tta_crop existed.
+    inputs = keras.Input((48, 48, 3), name="image")
+    both = layers.Concatenate(axis=0, name="with_mirror")([inputs, HorizontalFlip(name="mirror")(inputs)])
+    keras.Model(inputs, MeanOfHalves(name="flip_tta", dtype="float32")(net(both))).save(tmp_path / "old.keras")
+    x = np.random.default_rng(2).uniform(0, 255, (3, 48, 48, 3)).astype("float32")
+    loaded = keras.models.load_model(tmp_path / "old.keras")
+    assert np.allclose(np.asarray(loaded(x)), np.asarray(with_tta(net, flip=True)(x)), atol=1e-6)

@@ -14,7 +14,7 @@ from dogs_vs_cats.submission import check
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     keras = pytest.importorskip("keras")
-    from dogs_vs_cats.model import squeezenet, with_flip_tta
+    from dogs_vs_cats.model import squeezenet, with_tta
 
     keras.utils.set_random_seed(0)
     path = tmp_path_factory.mktemp("model") / "model.keras"
@@ -22,7 +22,7 @@ def model_path(tmp_path_factory):
     # Give the untrained head a preference so outputs differ from image to image.
     k, b = net.get_layer("conv10").get_weights()
     net.get_layer("conv10").set_weights([k * 30, b])
-    with_flip_tta(net).save(path)
+    with_tta(net).save(path)
     return path
 
 

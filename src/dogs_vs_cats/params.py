@@ -79,6 +79,7 @@ class Train:
     strategy: str = "default"
     shuffle_buffer: int = 4096
     tta: bool = True
+    tta_crop: float = 0.8
     low_res_size: int = 0
     low_res_epochs: int = 0
     validation_freq: int = 3
@@ -148,6 +149,7 @@ _RULES: dict[str, tuple] = {
     "train.strategy": _choice(STRATEGIES),
     "train.shuffle_buffer": _between(1, 10_000_000),
     "train.low_res_size": ((lambda v: v == 0 or 32 <= v <= 1024), "0 (off) or a size in [32, 1024]"),
+    "train.tta_crop": ((lambda v: v == 0 or 0.3 <= v < 1), "0 (off) or a fraction of the side in [0.3, 1)"),
     "train.low_res_epochs": _between(0, 10_000),
     "train.validation_freq": _between(1, 10_000),
     "train.augment.crop_scale": _between(0.05, 1),

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from .common import UserError, atomic_path, log, write_csv, write_json
 from .params import Params, as_dict
-from .model import compile_for_training, fold_temperature, from_params, with_flip_tta
+from .model import TestTimeViews, compile_for_training, fold_temperature, from_params, with_tta
 from .prepare import OUT as PREPARED, count_records, read_records
 
 MODEL_DIR = Path("data/model")
@@ -263,15 +263,15 @@ def _resume(fp: str):
     return net, state["history"]
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, flip_logits: np.ndarray | None) -> float:
-    """The T minimising validation log loss of softmax(z / T) (averaged over flips when given)."""
-    def nll(t):
-        def p_dog(z):
-            z = z / t
-            return 1.0 / (1.0 + np.exp(-(z[:, 1] - z[:, 0])))
+def fit_temperature(view_logits: np.ndarray, labels: np.ndarray) -> float:
+    """The T minimising validation log loss of softmax(z / T), averaged over the views.
 
-        p = p_dog(logits) if flip_logits is None else (p_dog(logits) + p_dog(flip_logits)) / 2
-        p = np.clip(p, 1e-7, 1 - 1e-7)
+    `view_logits` is (views, images, 2): the logits of every test-time view of each image.
+    """
+    gap = view_logits[..., 1] - view_logits[..., 0]
+
+    def nll(t):
+        p = np.clip(np.mean(1.0 / (1.0 + np.exp(-gap / t)), axis=0), 1e-7, 1 - 1e-7)
         return -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
 
     # A 1-D convex-ish problem: a log-spaced grid then a fine one around the best is robust and exact enough.
@@ -281,17 +281,15 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, flip_logits: np.ndar
     return float(fine[int(np.argmin([nll(t) for t in fine]))])
 
 
-def _logits(net, params: Params):
-    """conv10 pooled logits (pre-softmax) for val images and their mirror images."""
+def view_logits(net, views: TestTimeViews, path: Path, image_size: int):
+    """(conv10's pooled logits for every view of every image, (views, images, 2); labels)."""
     head = keras.Model(net.input, net.get_layer("avgpool10").output)
-    ds = read_records(PREPARED / "val.tfrecord", params.prepare.image_size).batch(128)
-    zs, zfs, ys = [], [], []
-    for x, y, _ in ds:
-        x = tf.cast(x, tf.float32)
-        zs.append(np.asarray(head(x, training=False), dtype=np.float64))
-        zfs.append(np.asarray(head(tf.reverse(x, axis=[2]), training=False), dtype=np.float64))
+    zs, ys = [], []
+    for x, y, _ in read_records(path, image_size).batch(128):
+        z = np.asarray(head(views(tf.cast(x, tf.float32)), training=False), dtype=np.float64)
+        zs.append(z.reshape(views.count, -1, z.shape[-1]))
         ys.append(y.numpy())
-    return np.concatenate(zs), np.concatenate(zfs), np.concatenate(ys)
+    return np.concatenate(zs, axis=1), np.concatenate(ys)
 
 
 def run(params: Params) -> None:
@@ -340,10 +338,10 @@ def run(params: Params) -> None:
     keras.mixed_precision.set_global_policy("float32")
     final = from_params(t, params.prepare.image_size)
     final.set_weights(net.get_weights())
-    z, zf, y = _logits(final, params)
-    temperature = fit_temperature(z, y, zf if t.tta else None)
+    views = TestTimeViews(t.tta, t.tta_crop)
+    temperature = fit_temperature(*view_logits(final, views, PREPARED / "val.tfrecord", params.prepare.image_size))
     fold_temperature(final, temperature)
-    shipped = with_flip_tta(final) if t.tta else final
+    shipped = with_tta(final, t.tta, t.tta_crop)
     MODEL_DIR.mkdir(parents=True, exist_ok=True)
     with atomic_path(MODEL, suffix=".keras") as tmp:
         shipped.save(tmp)
