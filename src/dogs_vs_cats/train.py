@@ -37,6 +37,8 @@ LOG_FIELDS = ["epoch", "accuracy", "loss", "log_loss", "learning_rate", "train_s
 # empty CSV cell as 0, not as a gap.
 VAL_LOG = Path("metrics/val_log.csv")
 VAL_FIELDS = ["epoch", "val_accuracy", "val_loss", "val_log_loss"]
+# What Keras reports per epoch (training metrics, and validation ones on validated epochs).
+KERAS_LOGS = ("accuracy", "loss", "log_loss", "val_accuracy", "val_loss", "val_log_loss")
 
 
 def cpu_has_bf16() -> bool:
@@ -232,7 +234,7 @@ class EpochState(keras.callbacks.Callback):
         self._stop_clock()  # epochs without validation (train.validation_freq) stop it here
         logs = dict(logs or {})
         row = {"epoch": epoch + 1, "learning_rate": float(np.asarray(self.model.optimizer.learning_rate))}
-        row.update({k: round(float(logs[k]), 5) for k in LOG_FIELDS[1:4] + VAL_FIELDS[1:] if k in logs})
+        row.update({k: round(float(logs[k]), 5) for k in KERAS_LOGS if k in logs})
         if self.train_seconds:  # seconds of training steps, without validation: shows a noisy host's slow epochs
             row["train_s"] = round(self.train_seconds[-1], 1)
         self.history.append(row)
