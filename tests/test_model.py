@@ -142,7 +142,7 @@ def _augment(size: int, **augment):
     from dogs_vs_cats.train import augmenter
 
     off = dict(flip=False, crop_scale=1.0, rotation=0.0, contrast=0.0, brightness=0.0, mixup=0.0)
-    fn = augmenter(P.from_dict({"prepare": {"image_size": 32}, "train": {"augment": {**off, **augment}}}), size)
+    fn = augmenter(P.from_dict({"prepare": {"image_size": 32}, "train": {"low_res_size": 0, "augment": {**off, **augment}}}), size)
     return lambda images, labels, seed=(3, 4): fn(images, labels, tf_seed(seed))
 
 
@@ -207,7 +207,7 @@ def test_training_batches_are_the_same_for_the_same_seed_and_change_every_epoch(
         for i in range(40):
             w.write(record(rng.integers(0, 256, 32 * 32 * 3, np.uint8).tobytes(), i % 2, f"cat.{i}.jpg"))
     assert count_records(tmp_path / "data/prepared/train.tfrecord") == 40
-    params = P.from_dict({"prepare": {"image_size": 32}, "train": {"batch_size": 8, "augment": {"mixup": 0.2}}})
+    params = P.from_dict({"prepare": {"image_size": 32}, "train": {"batch_size": 8, "low_res_size": 0, "augment": {"mixup": 0.2}}})
 
     def two_epochs():
         tf.keras.utils.set_random_seed(params.train.seed)

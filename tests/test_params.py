@@ -28,6 +28,8 @@ def test_shipped_params_file_is_valid_and_matches_the_code_defaults():
     assert P.load(ROOT / "params.yaml") == P.from_dict(DEFAULTS)
     # Every key in the file is known and every default in the code appears in the file.
     assert P.as_dict(P.from_dict(DEFAULTS)) == DEFAULTS
+    # A key left out of the file takes the value the file ships with: the code's defaults are the file's.
+    assert P.from_dict({}) == P.from_dict(DEFAULTS)
 
 
 @pytest.mark.parametrize(

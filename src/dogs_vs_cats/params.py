@@ -44,7 +44,7 @@ class Split:
 
 @dataclass(frozen=True)
 class Prepare:
-    image_size: int = 96
+    image_size: int = 128
     workers: int = 0
 
 
@@ -62,7 +62,7 @@ class Augment:
 class Train:
     model: str = "squeezenet1_1"
     batch_norm: bool = True
-    bypass: bool = False
+    bypass: bool = True
     classifier_relu: bool = False
     dropout: float = 0.5
     optimizer: str = "adamw"
@@ -71,7 +71,7 @@ class Train:
     momentum: float = 0.9
     schedule: str = "cosine"
     warmup_epochs: int = 3
-    epochs: int = 70
+    epochs: int = 60
     batch_size: int = 32
     label_smoothing: float = 0.1
     precision: str = "auto"
@@ -80,9 +80,9 @@ class Train:
     shuffle_buffer: int = 4096
     tta: bool = True
     tta_crop: float = 0.8
-    low_res_size: int = 0
-    low_res_epochs: int = 0
-    validation_freq: int = 3
+    low_res_size: int = 96
+    low_res_epochs: int = 45
+    validation_freq: int = 5
     augment: Augment = field(default_factory=Augment)
 
 
@@ -94,7 +94,7 @@ class Submission:
 @dataclass(frozen=True)
 class Export:
     calibration_images: int = 200
-    per_channel: bool = False
+    per_channel: bool = True
     latency_runs: int = 50
 
 
