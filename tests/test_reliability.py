@@ -20,7 +20,7 @@ def tiny(tmp_path):
     set_params(project, **{
         "data.source": str(comp), "split.n_train": 40, "split.n_val": 10, "split.n_holdout": 10,
         "prepare.image_size": 32, "train.epochs": 5, "train.warmup_epochs": 1, "train.batch_size": 8,
-        "train.low_res_size": 0,
+        "train.low_res_size": 0, "train.validation_freq": 3,
     })
     for stage in ("download", "split", "prepare"):
         result = run_cli([stage], project)
