@@ -265,15 +265,19 @@ def _resume(fp: str):
     return net, state["history"]
 
 
-def fit_temperature(view_logits: np.ndarray, labels: np.ndarray) -> float:
-    """The T minimising validation log loss of softmax(z / T), averaged over the views.
+def p_dog_of_views(view_logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """P(dog) as the shipped model gives it: softmax(z / T) averaged over the views.
 
     `view_logits` is (views, images, 2): the logits of every test-time view of each image.
     """
-    gap = view_logits[..., 1] - view_logits[..., 0]
+    gap = (view_logits[..., 1] - view_logits[..., 0]) / temperature
+    return np.mean(1.0 / (1.0 + np.exp(-gap)), axis=0)
 
+
+def fit_temperature(view_logits: np.ndarray, labels: np.ndarray) -> float:
+    """The T minimising validation log loss of `p_dog_of_views(view_logits, T)`."""
     def nll(t):
-        p = np.clip(np.mean(1.0 / (1.0 + np.exp(-gap / t)), axis=0), 1e-7, 1 - 1e-7)
+        p = np.clip(p_dog_of_views(view_logits, t), 1e-7, 1 - 1e-7)
         return -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
 
     # A 1-D convex-ish problem: a log-spaced grid then a fine one around the best is robust and exact enough.
