@@ -233,3 +233,56 @@ def test_models_saved_with_the_old_flip_layers_still_load_and_agree(tmp_path):
     x = np.random.default_rng(2).uniform(0, 255, (3, 48, 48, 3)).astype("float32")
     loaded = keras.models.load_model(tmp_path / "old.keras")
     assert np.allclose(np.asarray(loaded(x)), np.asarray(with_tta(net, flip=True)(x)), atol=1e-6)
+
+
+def test_weight_average_follows_its_decays_from_its_start_epoch_and_averages_bn_statistics():
+    from dogs_vs_cats.train import WeightAverage
+
+    net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization()])
+    assert len(net.non_trainable_weights) == 2  # BN moving mean and variance: averaged too
+    rng = np.random.default_rng(0)
+    average = WeightAverage(0.9, start=2)
+    average.set_model(net)
+
+    def step():
+        net.set_weights([rng.normal(size=w.shape).astype("float32") for w in net.get_weights()])
+        average.on_train_batch_end(0)
+
+    average.on_epoch_begin(0)  # epoch 1: before the start, nothing is averaged
+    step()
+    assert average.updates == 0
+    average.on_epoch_begin(1)
+    expected = None
+    for n in range(100):  # the warm-up decay n / (10 + n) reaches 0.9 at n = 90
+        step()
+        d = min(0.9, n / (10 + n))
+        current = net.get_weights()
+        expected = current if expected is None else [d * e + (1 - d) * c for e, c in zip(expected, current)]
+    assert average.updates == 100
+    for got, want, now in zip(average.weights(), expected, net.get_weights()):
+        assert np.allclose(got, want, atol=1e-5) and not np.allclose(got, now)
+
+
+def test_weight_average_survives_a_checkpoint_and_refuses_another_models(tmp_path):
+    from dogs_vs_cats.train import WeightAverage
+
+    def model(width):
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(width)])
+
+    net = model(3)
+    saved = WeightAverage(0.99, start=1)
+    saved.set_model(net)
+    saved.on_epoch_begin(0)
+    for _ in range(3):
+        net.set_weights([w + 1 for w in net.get_weights()])
+        saved.on_train_batch_end(0)
+    saved.save(tmp_path / "average.npz")
+
+    restored = WeightAverage(0.99, start=1)
+    restored.set_model(model(3))
+    assert restored.load(tmp_path / "average.npz") and restored.updates == 3
+    assert all(np.array_equal(a, b) for a, b in zip(restored.weights(), saved.weights()))
+    other = WeightAverage(0.99, start=1)
+    other.set_model(model(5))
+    assert not other.load(tmp_path / "average.npz") and other.updates == 0
+    assert not restored.load(tmp_path / "missing.npz")

@@ -46,6 +46,7 @@ def test_shipped_params_file_is_valid_and_matches_the_code_defaults():
         ("submission.clip", 0.5, "submission.clip = 0.5 is invalid"),
         ("train.validation_freq", 0, "train.validation_freq = 0 is invalid: expected a number in [1, 10000]"),
         ("train.tta_crop", 1.0, "train.tta_crop = 1.0 is invalid: expected 0 (off) or a fraction of the side in [0.3, 1)"),
+        ("train.ema", 0.5, "train.ema = 0.5 is invalid: expected 0 (off) or a decay per step in [0.9, 1)"),
         ("train.learning_rate", float("nan"), "expected a finite number"),
     ],
 )

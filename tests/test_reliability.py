@@ -20,7 +20,7 @@ def tiny(tmp_path):
     set_params(project, **{
         "data.source": str(comp), "split.n_train": 40, "split.n_val": 10, "split.n_holdout": 10,
         "prepare.image_size": 32, "train.epochs": 5, "train.warmup_epochs": 1, "train.batch_size": 8,
-        "train.low_res_size": 0, "train.validation_freq": 3,
+        "train.low_res_size": 0, "train.validation_freq": 3, "train.ema": 0.9,
     })
     for stage in ("download", "split", "prepare"):
         result = run_cli([stage], project)
@@ -45,11 +45,12 @@ def test_training_killed_mid_way_resumes_from_its_last_checkpoint(tiny):
     proc.wait()
     killed_at = json.loads(state.read_text())["epoch"]
     assert 2 <= killed_at < 5
+    assert (tiny / "data/train_state/average.npz").is_file()  # the weight average is checkpointed with the net
     assert not (tiny / "data/model/model.keras").exists()  # no half-finished model for DVC to accept
 
     result = run_cli(["train"], tiny)
     assert result.returncode == 0, result.stderr
-    assert f"resuming after epoch {killed_at}" in result.stderr
+    assert f"resuming after epoch {killed_at}" in result.stderr and "starting afresh" not in result.stderr
     rows = list(csv.DictReader(open(tiny / "metrics/train_log.csv")))
     assert [int(r["epoch"]) for r in rows] == list(range(1, 6))
     # Validated every 3rd epoch and after the last, across the kill: epochs 3 and 5.

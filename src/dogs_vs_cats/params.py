@@ -83,6 +83,7 @@ class Train:
     low_res_size: int = 96
     low_res_epochs: int = 45
     validation_freq: int = 5
+    ema: float = 0.0
     augment: Augment = field(default_factory=Augment)
 
 
@@ -152,6 +153,7 @@ _RULES: dict[str, tuple] = {
     "train.tta_crop": ((lambda v: v == 0 or 0.3 <= v < 1), "0 (off) or a fraction of the side in [0.3, 1)"),
     "train.low_res_epochs": _between(0, 10_000),
     "train.validation_freq": _between(1, 10_000),
+    "train.ema": ((lambda v: v == 0 or 0.9 <= v < 1), "0 (off) or a decay per step in [0.9, 1)"),
     "train.augment.crop_scale": _between(0.05, 1),
     "train.augment.rotation": _between(0, 0.5),
     "train.augment.contrast": _between(0, 1, hi_open=True),

@@ -212,11 +212,71 @@ def build(params: Params, steps_per_epoch: int):
     return net
 
 
+class WeightAverage(keras.callbacks.Callback):
+    """Exponential moving average of every weight, batch-norm statistics included, from epoch `start`.
+
+    Each step moves the average 1 - decay of the way to the current weights; the n-th update
+    uses min(decay, n / (10 + n)), so the average starts as a copy and early weights wash out
+    quickly (as in timm's ModelEma). Averaging the BN moving statistics along with the kernels keeps the
+    two consistent without a recalibration pass. The net trains on its own weights; the
+    average is only read at the end.
+    """
+    def __init__(self, decay: float, start: int):
+        super().__init__()
+        self.decay, self.start = decay, start
+        self.updates, self.shadow = 0, None
+        self._active = False
+
+    def set_model(self, model):
+        super().set_model(model)
+        if self.shadow is None:
+            self.shadow = [tf.Variable(tf.cast(w, tf.float32), trainable=False) for w in model.weights]
+        pairs = list(zip(self.shadow, model.weights))
+
+        @tf.function  # one graph call per step; a traced function would keep the first model's variables
+        def update(decay):
+            for s, w in pairs:
+                s.assign(decay * s + (1 - decay) * tf.cast(w, tf.float32))
+
+        self._update = update
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._active = epoch + 1 >= self.start  # `epoch` counts from 0, `start` from 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._active:
+            n = float(self.updates)
+            self._update(tf.constant(min(self.decay, n / (10 + n)), tf.float32))
+            self.updates += 1
+
+    def weights(self) -> list[np.ndarray]:
+        return [s.numpy() for s in self.shadow]
+
+    def save(self, path: Path) -> None:
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, updates=self.updates, *self.weights())
+
+    def load(self, path: Path) -> bool:
+        """Restore a saved average (resume); False if there is none that fits this model."""
+        try:
+            with np.load(path) as f:
+                values = [f[f"arr_{i}"] for i in range(len(self.shadow))]
+                updates = int(f["updates"])
+        except (OSError, KeyError, ValueError):
+            return False
+        if any(v.shape != tuple(s.shape) for v, s in zip(values, self.shadow)):
+            return False
+        for s, v in zip(self.shadow, values):
+            s.assign(v)
+        self.updates = updates
+        return True
+
+
 class EpochState(keras.callbacks.Callback):
     """Log each epoch atomically, checkpoint for resume, and time the training steps."""
-    def __init__(self, fp: str, history: list[dict]):
+    def __init__(self, fp: str, history: list[dict], average: WeightAverage | None):
         super().__init__()
-        self.fp, self.history = fp, history
+        self.fp, self.history, self.average = fp, history, average
         self.train_seconds: list[float] = []
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -243,11 +303,13 @@ class EpochState(keras.callbacks.Callback):
         STATE.mkdir(parents=True, exist_ok=True)
         with atomic_path(STATE / "last.keras", suffix=".keras") as tmp:
             self.model.save(tmp)
+        if self.average is not None:
+            self.average.save(STATE / "average.npz")
         write_json(STATE / "state.json", {"fingerprint": self.fp, "epoch": epoch + 1, "history": self.history})
 
 
-def _resume(fp: str):
-    """(model, history) from a matching checkpoint, or (None, [])."""
+def _resume(fp: str, average: WeightAverage | None):
+    """(model, history) from a matching checkpoint, or (None, []); restores `average` too."""
     try:
         state = json.loads((STATE / "state.json").read_text())
     except (OSError, ValueError):
@@ -261,6 +323,11 @@ def _resume(fp: str):
     except Exception as exc:  # a damaged checkpoint must not stop training; just start over
         log(f"train: checkpoint unreadable ({exc}); starting afresh")
         return None, []
+    if average is not None:
+        average.set_model(net)
+        if not average.load(STATE / "average.npz"):
+            log(f"train: checkpoint has no usable weight average ({STATE}/average.npz); starting afresh")
+            return None, []
     log(f"train: resuming after epoch {state['epoch']} from {STATE}/last.keras")
     return net, state["history"]
 
@@ -309,21 +376,23 @@ def run(params: Params) -> None:
     n_train = count_records(PREPARED / "train.tfrecord")
     steps = math.ceil(n_train / t.batch_size)
     fp = fingerprint(params)
-    with strategy.scope():
-        net, history = _resume(fp)
-        if net is None:
-            net = build(params, steps)
     size = params.prepare.image_size
     # (last epoch, training image size) per phase: progressive resizing spends the early epochs on
     # cheaper small images and ends at the size the model is evaluated and shipped at.
     phases = [(t.low_res_epochs, t.low_res_size)] if t.low_res_size else []
     phases.append((t.epochs, size))
+    # The average covers the last phase only: weights tuned to the small images would drag it back.
+    average = WeightAverage(t.ema, start=phases[-2][0] + 1 if len(phases) > 1 else 1) if t.ema else None
+    with strategy.scope():
+        net, history = _resume(fp, average)
+        if net is None:
+            net = build(params, steps)  # a stale average from a refused checkpoint is harmless: update 0 copies
     log(
         f"train: {t.model} ({net.count_params():,} params, batch_norm={t.batch_norm}, bypass={t.bypass}) on {n_train} images, "
         f"{t.epochs} epochs ({', '.join(f'to {e} at {s}px' for e, s in phases)}), {precision}, "
         f"strategy {t.strategy} ({strategy.num_replicas_in_sync} replica(s)), validating every {t.validation_freq} epoch(s) and the last"
     )
-    callback = EpochState(fp, history)
+    callback = EpochState(fp, history, average)
     val_ds = val_dataset(params)
     # Validation only monitors (nothing is chosen by it), so it runs every validation_freq-th epoch
     # and always after the last, whose figures go to metrics/train.json.
@@ -336,14 +405,14 @@ def run(params: Params) -> None:
         net.fit(
             train_dataset(params, train_size), validation_data=val_ds, validation_freq=val_epochs,
             epochs=until, initial_epoch=done,
-            callbacks=[callback], verbose=1 if sys.stderr.isatty() else 2,
+            callbacks=[callback] if average is None else [average, callback], verbose=1 if sys.stderr.isatty() else 2,
         )
     wall = time.monotonic() - start
 
     # The shipped model is float32 whatever the training precision: it must run anywhere.
     keras.mixed_precision.set_global_policy("float32")
     final = from_params(t, params.prepare.image_size)
-    final.set_weights(net.get_weights())
+    final.set_weights(net.get_weights() if average is None else average.weights())
     views = TestTimeViews(t.tta, t.tta_crop)
     temperature = fit_temperature(*view_logits(final, views, PREPARED / "val.tfrecord", params.prepare.image_size))
     fold_temperature(final, temperature)
