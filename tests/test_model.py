@@ -209,10 +209,11 @@ def test_training_batches_are_the_same_for_the_same_seed_and_change_every_epoch(
     assert count_records(tmp_path / "data/prepared/train.tfrecord") == 40
     params = P.from_dict({"prepare": {"image_size": 32}, "train": {"batch_size": 8, "low_res_size": 0, "augment": {"mixup": 0.2}}})
 
-    def two_epochs():
+    def two_epochs():  # 40 images in batches of 8: 5 steps an epoch, from one endless stream
         tf.keras.utils.set_random_seed(params.train.seed)
-        ds = T.train_dataset(params, 24)
-        return [np.concatenate([x.numpy().ravel() for x, _ in ds]) for _ in range(2)]
+        batches = iter(T.train_dataset(params, 24))
+        epochs = [[next(batches) for _ in range(5)] for _ in range(2)]
+        return [np.concatenate([x.numpy().ravel() for x, _ in epoch]) for epoch in epochs]
 
     first, again = two_epochs(), two_epochs()
     assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
@@ -253,12 +254,16 @@ def test_weight_average_follows_its_decays_from_its_start_epoch_and_averages_bn_
     assert average.updates == 0
     average.on_epoch_begin(1)
     expected = None
-    for n in range(100):  # the warm-up decay n / (10 + n) reaches 0.9 at n = 90
+    seen = []
+    for n in range(30):  # a plain mean until n / (n + 1) reaches the decay at n = 9, exponential after
         step()
-        d = min(0.9, n / (10 + n))
+        seen.append(net.get_weights())
+        if n == 9:
+            assert all(np.allclose(a, np.mean(w, axis=0), atol=1e-5) for a, w in zip(average.weights(), zip(*seen)))
+        d = min(0.9, n / (n + 1))
         current = net.get_weights()
         expected = current if expected is None else [d * e + (1 - d) * c for e, c in zip(expected, current)]
-    assert average.updates == 100
+    assert average.updates == 30
     for got, want, now in zip(average.weights(), expected, net.get_weights()):
         assert np.allclose(got, want, atol=1e-5) and not np.allclose(got, now)
 

@@ -160,7 +160,7 @@ def mixup(alpha: float):
 
 
 def train_dataset(params: Params, size: int):
-    """Shuffled, augmented training batches at `size` px, streamed from the prepared store."""
+    """Shuffled, augmented training batches at `size` px, streamed from the prepared store, epoch after epoch."""
     t = params.train
     batches = (
         read_records(PREPARED / "train.tfrecord", params.prepare.image_size)
@@ -177,7 +177,10 @@ def train_dataset(params: Params, size: int):
         x, y = augment(*batch, seed[:2])
         return mix(x, y, seed[2:]) if mix else (x, y)
 
-    train = tf.data.Dataset.zip((batches, seeds)).map(step, num_parallel_calls=tf.data.AUTOTUNE)
+    # Endless, so one iterator serves every epoch (fit() is told the steps per epoch), and prefetch
+    # refills the shuffle buffer across the epoch boundary. Given a finite dataset, Keras makes a new
+    # iterator at each epoch's start and another at its end, and waits while the buffer refills.
+    train = tf.data.Dataset.zip((batches, seeds)).map(step, num_parallel_calls=tf.data.AUTOTUNE).repeat()
     return train.prefetch(tf.data.AUTOTUNE)
 
 
@@ -215,9 +218,11 @@ def build(params: Params, steps_per_epoch: int):
 class WeightAverage(keras.callbacks.Callback):
     """Exponential moving average of every weight, batch-norm statistics included, from epoch `start`.
 
-    Each step moves the average 1 - decay of the way to the current weights; the n-th update
-    uses min(decay, n / (10 + n)), so the average starts as a copy and early weights wash out
-    quickly (as in timm's ModelEma). Averaging the BN moving statistics along with the kernels keeps the
+    Each step moves the average 1 - decay of the way to the current weights, but the n-th update
+    (from 0) uses min(decay, n / (n + 1)): until 1 / (1 - decay) steps have passed, the average
+    is the plain mean of every weight seen (as in stochastic weight averaging), not a copy of
+    the first ones. TF's and timm's (1 + n) / (10 + n) would instead keep only about the last
+    tenth of the steps, whatever the decay. Averaging the BN moving statistics along with the kernels keeps the
     two consistent without a recalibration pass. The net trains on its own weights; the
     average is only read at the end.
     """
@@ -246,7 +251,7 @@ class WeightAverage(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self._active:
             n = float(self.updates)
-            self._update(tf.constant(min(self.decay, n / (10 + n)), tf.float32))
+            self._update(tf.constant(min(self.decay, n / (n + 1)), tf.float32))
             self.updates += 1
 
     def weights(self) -> list[np.ndarray]:
@@ -403,8 +408,8 @@ def run(params: Params) -> None:
         if done >= until:
             continue
         net.fit(
-            train_dataset(params, train_size), validation_data=val_ds, validation_freq=val_epochs,
-            epochs=until, initial_epoch=done,
+            train_dataset(params, train_size), steps_per_epoch=steps, validation_data=val_ds,
+            validation_freq=val_epochs, epochs=until, initial_epoch=done,
             callbacks=[callback] if average is None else [average, callback], verbose=1 if sys.stderr.isatty() else 2,
         )
     wall = time.monotonic() - start
