@@ -291,3 +291,32 @@ def test_weight_average_survives_a_checkpoint_and_refuses_another_models(tmp_pat
     other.set_model(model(5))
     assert not other.load(tmp_path / "average.npz") and other.updates == 0
     assert not restored.load(tmp_path / "missing.npz")
+
+
+def test_validation_in_memory_scores_as_keras_evaluate_does(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from dogs_vs_cats import params as P
+    from dogs_vs_cats import train as T
+    from dogs_vs_cats.model import compile_for_training, from_params
+    from dogs_vs_cats.prepare import record
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data/prepared").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (70, 32, 32, 3), np.uint8)
+    with tf.io.TFRecordWriter("data/prepared/val.tfrecord") as w:
+        for i, image in enumerate(images):
+            w.write(record(image.tobytes(), i % 2, f"dog.{i}.jpg"))
+    params = P.from_dict({"prepare": {"image_size": 32}, "train": {"low_res_size": 0, "label_smoothing": 0.2}})
+    keras.utils.set_random_seed(3)
+    net = from_params(params.train, 32)
+    compile_for_training(net, params.train, steps_per_epoch=1)
+    validation = T.Validation(params, epochs=[5, 10])
+    assert validation.epochs == {5, 10} and len(validation.y) == 70  # two batches of 64: a partial one too
+    got = validation(net)
+    want = net.evaluate(images.astype("float32"), keras.utils.to_categorical(np.arange(70) % 2, 2), batch_size=64,
+                        return_dict=True, verbose=0)
+    for key in ("accuracy", "loss", "log_loss"):
+        assert got[f"val_{key}"] == pytest.approx(want[key], abs=1e-4)
+    assert got["val_loss"] != pytest.approx(got["val_log_loss"], abs=1e-3)  # the smoothed loss is not the log loss

@@ -37,7 +37,7 @@ LOG_FIELDS = ["epoch", "accuracy", "loss", "log_loss", "learning_rate", "train_s
 # empty CSV cell as 0, not as a gap.
 VAL_LOG = Path("metrics/val_log.csv")
 VAL_FIELDS = ["epoch", "val_accuracy", "val_loss", "val_log_loss"]
-# What Keras reports per epoch (training metrics, and validation ones on validated epochs).
+# What each epoch logs: Keras' training metrics, and on validated epochs those Validation adds.
 KERAS_LOGS = ("accuracy", "loss", "log_loss", "val_accuracy", "val_loss", "val_log_loss")
 
 
@@ -184,15 +184,33 @@ def train_dataset(params: Params, size: int):
     return train.prefetch(tf.data.AUTOTUNE)
 
 
-def val_dataset(params: Params):
-    """Validation batches at the prepared size, decoded once and cached."""
-    return (
-        read_records(PREPARED / "val.tfrecord", params.prepare.image_size)
-        .map(lambda x, y, name: (tf.cast(x, tf.float32), tf.one_hot(y, 2)))
-        .batch(max(params.train.batch_size, 64))
-        .cache()
-        .prefetch(tf.data.AUTOTUNE)
-    )
+class Validation:
+    """The validation images in memory, scored by the training net with the compiled loss and metrics.
+
+    Not fit()'s `validation_data`: Keras drops the tf.data iterator it made at the end of the
+    previous pass and makes another for every pass, and on this 2-core machine dropping one
+    blocked for 5-56 s at some validated epochs (a py-spy profile: `EpochIterator.reset`).
+    """
+    def __init__(self, params: Params, epochs: list[int]):
+        xs, ys = [], []
+        for x, y, _ in read_records(PREPARED / "val.tfrecord", params.prepare.image_size).batch(256):
+            xs.append(x.numpy())
+            ys.append(y.numpy())
+        self.x, self.y = np.concatenate(xs), np.concatenate(ys)
+        self.epochs, self.batch = set(epochs), max(params.train.batch_size, 64)
+        self.loss = keras.losses.CategoricalCrossentropy(label_smoothing=params.train.label_smoothing)
+
+    def __call__(self, net) -> dict:
+        probs = np.concatenate([
+            np.asarray(net.predict_on_batch(self.x[i:i + self.batch].astype(np.float32)), dtype=np.float32)
+            for i in range(0, len(self.y), self.batch)
+        ])
+        onehot = np.eye(2, dtype=np.float32)[self.y]
+        return {
+            "val_accuracy": float(np.mean(np.argmax(probs, axis=1) == self.y)),
+            "val_loss": float(self.loss(onehot, probs)),
+            "val_log_loss": float(keras.losses.CategoricalCrossentropy()(onehot, probs)),
+        }
 
 
 def fingerprint(params: Params) -> str:
@@ -278,10 +296,10 @@ class WeightAverage(keras.callbacks.Callback):
 
 
 class EpochState(keras.callbacks.Callback):
-    """Log each epoch atomically, checkpoint for resume, and time the training steps."""
-    def __init__(self, fp: str, history: list[dict], average: WeightAverage | None):
+    """Time the training steps, validate on the validated epochs, log each epoch atomically, checkpoint for resume."""
+    def __init__(self, fp: str, history: list[dict], validation: Validation, average: WeightAverage | None):
         super().__init__()
-        self.fp, self.history, self.average = fp, history, average
+        self.fp, self.history, self.validation, self.average = fp, history, validation, average
         self.train_seconds: list[float] = []
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -292,11 +310,10 @@ class EpochState(keras.callbacks.Callback):
             self.train_seconds.append(time.monotonic() - self._t0)
             del self._t0
 
-    def on_test_begin(self, logs=None):
-        self._stop_clock()  # validation follows the last training step
-
     def on_epoch_end(self, epoch, logs=None):
-        self._stop_clock()  # epochs without validation (train.validation_freq) stop it here
+        self._stop_clock()
+        if epoch + 1 in self.validation.epochs and logs is not None:
+            logs.update(self.validation(self.model))  # in place, so Keras' progress line shows them too
         logs = dict(logs or {})
         row = {"epoch": epoch + 1, "learning_rate": float(np.asarray(self.model.optimizer.learning_rate))}
         row.update({k: round(float(logs[k]), 5) for k in KERAS_LOGS if k in logs})
@@ -397,19 +414,17 @@ def run(params: Params) -> None:
         f"{t.epochs} epochs ({', '.join(f'to {e} at {s}px' for e, s in phases)}), {precision}, "
         f"strategy {t.strategy} ({strategy.num_replicas_in_sync} replica(s)), validating every {t.validation_freq} epoch(s) and the last"
     )
-    callback = EpochState(fp, history, average)
-    val_ds = val_dataset(params)
     # Validation only monitors (nothing is chosen by it), so it runs every validation_freq-th epoch
     # and always after the last, whose figures go to metrics/train.json.
     val_epochs = [e for e in range(1, t.epochs + 1) if e % t.validation_freq == 0 or e == t.epochs]
+    callback = EpochState(fp, history, Validation(params, val_epochs), average)
     start = time.monotonic()
     for until, train_size in phases:
         done = len(history)
         if done >= until:
             continue
         net.fit(
-            train_dataset(params, train_size), steps_per_epoch=steps, validation_data=val_ds,
-            validation_freq=val_epochs, epochs=until, initial_epoch=done,
+            train_dataset(params, train_size), steps_per_epoch=steps, epochs=until, initial_epoch=done,
             callbacks=[callback] if average is None else [average, callback], verbose=1 if sys.stderr.isatty() else 2,
         )
     wall = time.monotonic() - start
