@@ -6,7 +6,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from dogs_vs_cats.model import fold_temperature, squeezenet, with_tta  # noqa: E402
+from dogs_vs_cats.model import BatchNorm, fold_temperature, squeezenet, with_tta  # noqa: E402
 
 
 def test_v1_0_without_batch_norm_is_the_demos_736450_parameter_net():
@@ -24,6 +24,58 @@ def test_v1_1_and_batch_norm_variants():
     assert sum(isinstance(l, keras.layers.BatchNormalization) for l in bn.layers) == 25
     with pytest.raises(ValueError, match="unknown SqueezeNet version 'alexnet'"):
         squeezenet("alexnet", 128)
+
+
+def _bn_pair(dtype: str):
+    """Keras' BatchNormalization and ours, same non-trivial weights, one training step on the same batch."""
+    tf = pytest.importorskip("tensorflow")
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(2.0, 3.0, (4, 5, 6, 8)), dtype)
+    w = tf.constant(rng.normal(size=(4, 5, 6, 8)), "float32")
+    results = []
+    for cls in (keras.layers.BatchNormalization, BatchNorm):
+        layer = cls(dtype=keras.DTypePolicy("mixed_bfloat16" if dtype == "bfloat16" else "float32"))
+        layer.build(x.shape)
+        layer.gamma.assign(np.linspace(0.5, 2.0, 8))
+        layer.beta.assign(np.linspace(-1.0, 1.0, 8))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(tf.cast(y, "float32") * w)
+        grads = tape.gradient(loss, [x, layer.gamma.value, layer.beta.value])
+        results.append(dict(y=tf.cast(y, "float32").numpy(), grads=[tf.cast(g, "float32").numpy() for g in grads],
+                            mean=layer.moving_mean.numpy(), var=layer.moving_variance.numpy(), dtype=y.dtype))
+    return results
+
+
+def test_fused_batch_norm_trains_exactly_like_keras_batch_norm():
+    keras_bn, ours = _bn_pair("float32")
+    np.testing.assert_allclose(ours["y"], keras_bn["y"], atol=1e-5)
+    for a, b in zip(ours["grads"], keras_bn["grads"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+    # Moving statistics moved off their initial 0 / 1, identically (the population variance, not n - 1).
+    assert np.abs(ours["mean"]).min() > 0.01
+    np.testing.assert_allclose(ours["mean"], keras_bn["mean"], rtol=1e-5)
+    np.testing.assert_allclose(ours["var"], keras_bn["var"], rtol=1e-5)
+
+
+def test_fused_batch_norm_in_bfloat16_keeps_bf16_activations_and_float32_statistics():
+    keras_bn, ours = _bn_pair("bfloat16")
+    assert ours["dtype"] == keras_bn["dtype"] == "bfloat16"
+    # Both round the same float32 result to bf16 (8 bits of mantissa): agree within a couple of ulps.
+    np.testing.assert_allclose(ours["y"], keras_bn["y"], atol=0.05)
+    np.testing.assert_allclose(ours["var"], keras_bn["var"], rtol=1e-3)
+    np.testing.assert_allclose(ours["grads"][1], keras_bn["grads"][1], rtol=0.05, atol=0.5)
+
+
+def test_inference_takes_keras_own_batch_norm_path():
+    net = squeezenet("squeezenet1_1", 64, batch_norm=True)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    net(x, training=True)  # moves the statistics, so inference has something to use
+    clone = keras.models.clone_model(net, clone_function=lambda l: (
+        keras.layers.BatchNormalization.from_config(l.get_config()) if isinstance(l, BatchNorm) else l.__class__.from_config(l.get_config())))
+    clone.set_weights(net.get_weights())
+    np.testing.assert_allclose(net.predict(x, verbose=0), clone.predict(x, verbose=0), atol=1e-6)
 
 
 @pytest.mark.parametrize("version", ["squeezenet1_0", "squeezenet1_1"])

@@ -34,13 +34,50 @@ ARCHITECTURES = {"squeezenet1_0": _V1_0, "squeezenet1_1": _V1_1}
 BYPASSED_FIRES = (3, 5, 7, 9)  # the fires whose input is as wide as their output, in both versions
 
 
+@keras.saving.register_keras_serializable(package="dogs_vs_cats")
+class BatchNorm(layers.BatchNormalization):
+    """Keras' BatchNormalization, trained through TensorFlow's fused kernel.
+
+    Keras 3 upcasts bf16 activations to float32 and normalises them with half a dozen
+    separate element-wise ops, each a full pass over memory; on a 2-core CPU that made
+    batch norm cost 2.4x the training step in bf16, cancelling bf16's gain (README,
+    "Speed"). FusedBatchNormV3 (oneDNN on CPU, cuDNN on GPU) takes bf16 input directly
+    and normalises in one pass, accumulating in float32. Same weights, same maths:
+    outputs, gradients and moving statistics match Keras' layer (tests/test_model.py).
+    Inference, other backends and masked inputs take Keras' own path.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        fusable = (
+            training and self.trainable and mask is None and self.scale and self.center
+            and len(inputs.shape) == 4 and self.axis in (-1, 3) and keras.backend.backend() == "tensorflow"
+        )
+        if not fusable:
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        empty = tf.constant([], "float32")
+        y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=inputs, scale=tf.cast(self.gamma, "float32"), offset=tf.cast(self.beta, "float32"),
+            mean=empty, variance=empty, epsilon=self.epsilon, exponential_avg_factor=1.0,
+            data_format="NHWC", is_training=True,
+        )
+        # The kernel returns the unbiased (n - 1) variance; Keras tracks the population one.
+        n = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), "float32")
+        variance = variance * (n - 1.0) / n
+        m = self.momentum
+        self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
+        self.moving_variance.assign(self.moving_variance * m + variance * (1.0 - m))
+        return y
+
+
 def _conv(x, filters, kernel, name, batch_norm, strides=1, padding="same"):
     x = layers.Conv2D(
         filters, kernel, strides=strides, padding=padding, name=name,
         kernel_initializer="he_uniform", use_bias=not batch_norm,
     )(x)
     if batch_norm:
-        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = BatchNorm(name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
