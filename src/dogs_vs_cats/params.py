@@ -71,7 +71,7 @@ class Train:
     momentum: float = 0.9
     schedule: str = "cosine"
     warmup_epochs: int = 3
-    epochs: int = 75
+    epochs: int = 120
     batch_size: int = 32
     label_smoothing: float = 0.1
     precision: str = "auto"
@@ -81,7 +81,7 @@ class Train:
     tta: bool = True
     tta_crop: float = 0.8
     low_res_size: int = 96
-    low_res_epochs: int = 56
+    low_res_epochs: int = 90
     validation_freq: int = 5
     ema: float = 0.0
     augment: Augment = field(default_factory=Augment)
