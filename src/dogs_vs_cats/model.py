@@ -34,23 +34,32 @@ ARCHITECTURES = {"squeezenet1_0": _V1_0, "squeezenet1_1": _V1_1}
 BYPASSED_FIRES = (3, 5, 7, 9)  # the fires whose input is as wide as their output, in both versions
 
 
+def _fused_batch_norm_wanted() -> bool:
+    """TensorFlow on a CPU-only machine: where it was measured. On GPUs Keras' path stays (not tested there)."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return not tf.config.list_physical_devices("GPU")
+
+
 @keras.saving.register_keras_serializable(package="dogs_vs_cats")
 class BatchNorm(layers.BatchNormalization):
     """Keras' BatchNormalization, trained through TensorFlow's fused kernel.
 
     Keras 3 upcasts bf16 activations to float32 and normalises them with half a dozen
     separate element-wise ops, each a full pass over memory; on a 2-core CPU that made
-    batch norm cost 2.4x the training step in bf16, cancelling bf16's gain (README,
-    "Speed"). FusedBatchNormV3 (oneDNN on CPU, cuDNN on GPU) takes bf16 input directly
-    and normalises in one pass, accumulating in float32. Same weights, same maths:
+    a bf16 step 2.0-2.4x slower than without batch norm, cancelling most of bf16's gain
+    (README, "bf16 and batch norm"). FusedBatchNormV3 (oneDNN) takes bf16 input directly and normalises in one
+    pass, accumulating in float32. Same weights, same maths:
     outputs, gradients and moving statistics match Keras' layer (tests/test_model.py).
-    Inference, other backends and masked inputs take Keras' own path.
+    Inference, GPUs, other backends and masked inputs take Keras' own path.
     """
 
     def call(self, inputs, training=None, mask=None):
         fusable = (
             training and self.trainable and mask is None and self.scale and self.center
-            and len(inputs.shape) == 4 and self.axis in (-1, 3) and keras.backend.backend() == "tensorflow"
+            and len(inputs.shape) == 4 and self.axis in (-1, 3) and _fused_batch_norm_wanted()
         )
         if not fusable:
             return super().call(inputs, training=training, mask=mask)
