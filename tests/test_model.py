@@ -6,7 +6,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from dogs_vs_cats.model import BatchNorm, fold_temperature, squeezenet, with_tta  # noqa: E402
+from dogs_vs_cats.model import (  # noqa: E402
+    BatchNorm, fold_temperature, fused_batch_norm_wanted, squeezenet, with_keras_batch_norm, with_tta)
 
 
 def test_v1_0_without_batch_norm_is_the_demos_736450_parameter_net():
@@ -49,6 +50,14 @@ def _bn_pair(dtype: str):
 
 
 def test_fused_batch_norm_trains_exactly_like_keras_batch_norm():
+    tf = pytest.importorskip("tensorflow")
+    if not fused_batch_norm_wanted():
+        pytest.skip("the fused path is only taken by CPU-only TensorFlow")
+    # Ours really runs the fused kernel in training (else the comparison below would be Keras against itself).
+    layer = BatchNorm()
+    layer.build((2, 3, 3, 4))
+    graph = tf.function(lambda x: layer(x, training=True)).get_concrete_function(tf.TensorSpec((2, 3, 3, 4))).graph
+    assert "FusedBatchNormV3" in {op.type for op in graph.get_operations()}
     keras_bn, ours = _bn_pair("float32")
     np.testing.assert_allclose(ours["y"], keras_bn["y"], atol=1e-5)
     for a, b in zip(ours["grads"], keras_bn["grads"]):
@@ -72,8 +81,8 @@ def test_inference_takes_keras_own_batch_norm_path():
     net = squeezenet("squeezenet1_1", 64, batch_norm=True)
     x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     net(x, training=True)  # moves the statistics, so inference has something to use
-    clone = keras.models.clone_model(net, clone_function=lambda l: (
-        keras.layers.BatchNormalization.from_config(l.get_config()) if isinstance(l, BatchNorm) else l.__class__.from_config(l.get_config())))
+    clone = with_keras_batch_norm(net)
+    assert not any(isinstance(l, BatchNorm) for l in clone.layers)
     clone.set_weights(net.get_weights())
     np.testing.assert_allclose(net.predict(x, verbose=0), clone.predict(x, verbose=0), atol=1e-6)
 

@@ -16,6 +16,8 @@ added; the paper reports +2.9 points top-1 on ImageNet over the plain net.
 """
 from __future__ import annotations
 
+import functools
+
 import keras
 from keras import layers
 
@@ -34,7 +36,8 @@ ARCHITECTURES = {"squeezenet1_0": _V1_0, "squeezenet1_1": _V1_1}
 BYPASSED_FIRES = (3, 5, 7, 9)  # the fires whose input is as wide as their output, in both versions
 
 
-def _fused_batch_norm_wanted() -> bool:
+@functools.cache
+def fused_batch_norm_wanted() -> bool:
     """TensorFlow on a CPU-only machine: where it was measured. On GPUs Keras' path stays (not tested there)."""
     if keras.backend.backend() != "tensorflow":
         return False
@@ -59,7 +62,7 @@ class BatchNorm(layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         fusable = (
             training and self.trainable and mask is None and self.scale and self.center
-            and len(inputs.shape) == 4 and self.axis in (-1, 3) and _fused_batch_norm_wanted()
+            and len(inputs.shape) == 4 and self.axis in (-1, 3) and fused_batch_norm_wanted()
         )
         if not fusable:
             return super().call(inputs, training=training, mask=mask)
@@ -78,6 +81,13 @@ class BatchNorm(layers.BatchNormalization):
         self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
         self.moving_variance.assign(self.moving_variance * m + variance * (1.0 - m))
         return y
+
+
+def with_keras_batch_norm(net: keras.Model) -> keras.Model:
+    """A copy of `net` with Keras' own BatchNormalization in place of ours (weights not copied): the reference."""
+    return keras.models.clone_model(net, clone_function=lambda layer: (
+        layers.BatchNormalization.from_config(layer.get_config()) if isinstance(layer, BatchNorm)
+        else layer.__class__.from_config(layer.get_config())))
 
 
 def _conv(x, filters, kernel, name, batch_norm, strides=1, padding="same"):

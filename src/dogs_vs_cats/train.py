@@ -198,18 +198,19 @@ class Validation:
             ys.append(y.numpy())
         self.x, self.y = np.concatenate(xs), np.concatenate(ys)
         self.epochs, self.batch = set(epochs), max(params.train.batch_size, 64)
+        self.onehot = np.eye(2, dtype=np.float32)[self.y]
         self.loss = keras.losses.CategoricalCrossentropy(label_smoothing=params.train.label_smoothing)
+        self.log_loss = keras.losses.CategoricalCrossentropy()
 
     def __call__(self, net) -> dict:
         probs = np.concatenate([
             np.asarray(net.predict_on_batch(self.x[i:i + self.batch].astype(np.float32)), dtype=np.float32)
             for i in range(0, len(self.y), self.batch)
         ])
-        onehot = np.eye(2, dtype=np.float32)[self.y]
         return {
             "val_accuracy": float(np.mean(np.argmax(probs, axis=1) == self.y)),
-            "val_loss": float(self.loss(onehot, probs)),
-            "val_log_loss": float(keras.losses.CategoricalCrossentropy()(onehot, probs)),
+            "val_loss": float(self.loss(self.onehot, probs)),
+            "val_log_loss": float(self.log_loss(self.onehot, probs)),
         }
 
 
