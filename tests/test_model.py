@@ -381,3 +381,30 @@ def test_validation_in_memory_scores_as_keras_evaluate_does(tmp_path, monkeypatc
     for key in ("accuracy", "loss", "log_loss"):
         assert got[f"val_{key}"] == pytest.approx(want[key], abs=1e-4)
     assert got["val_loss"] != pytest.approx(got["val_log_loss"], abs=1e-3)  # the smoothed loss is not the log loss
+
+
+def test_auto_precision_is_bf16_exactly_where_the_cpu_has_native_bf16(monkeypatch):
+    from dogs_vs_cats import train
+
+    if train.tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU decides the precision, not the CPU flags")
+    monkeypatch.setattr(train, "cpu_info", lambda: ("test CPU", frozenset({"avx2", "avx512f"})))
+    assert train.choose_precision("auto") == "float32"
+    for flag in ("avx512_bf16", "amx_bf16"):
+        monkeypatch.setattr(train, "cpu_info", lambda flag=flag: ("test CPU", frozenset({"avx512f", flag})))
+        assert train.choose_precision("auto") == "mixed_bfloat16"
+    assert train.choose_precision("float32") == "float32"
+
+
+def test_cpu_info_reads_this_machines_model_and_flags():
+    import os
+
+    from dogs_vs_cats.common import cpu_info, machine
+
+    name, flags = cpu_info()
+    text = open("/proc/cpuinfo").read()
+    if "model name" in text:  # x86 Linux; elsewhere the name stays "unknown CPU"
+        assert name != "unknown CPU" and f": {name}\n" in text
+    if "\nflags" in text:
+        assert len(flags) > 10 and all(f" {f}" in text for f in flags)
+    assert machine().startswith(f"{os.cpu_count()} cores, {name}, ")

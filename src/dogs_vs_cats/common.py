@@ -1,4 +1,4 @@
-"""Small helpers every stage needs: the user-facing error type, atomic writes, progress."""
+"""Small helpers every stage needs: the user-facing error type, atomic writes, progress, the CPU."""
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +8,32 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+
+# The CPU flags of native bf16 arithmetic (AVX-512 BF16, AMX): where mixed_bfloat16 pays.
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and flags from /proc/cpuinfo ("unknown CPU" and none where it is missing)."""
+    name, flags = "unknown CPU", frozenset()
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = frozenset(value.split())
+    except OSError:
+        pass
+    return name, flags
+
+
+def machine() -> str:
+    """Cores, CPU model and its native bf16 flags: every benchmark figure depends on all three."""
+    name, flags = cpu_info()
+    bf16 = sorted(flags & BF16_FLAGS)
+    return f"{os.cpu_count()} cores, {name}, {'native bf16: ' + ' '.join(bf16) if bf16 else 'no native bf16'}"
 
 
 class UserError(Exception):

@@ -81,6 +81,8 @@ class Predictor:
         self.params = None
 
     def p_dog(self, images: np.ndarray) -> np.ndarray:
+        if len(images) == 0:  # TensorFlow's oneDNN convolution rejects an empty batch
+            return np.zeros(0)
         if self.kind == "keras":
             p = self._model.predict_on_batch(images.astype(np.float32))
             return np.asarray(p, dtype=np.float64)[:, 1]

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .common import UserError, atomic_path, log, write_csv, write_json
+from .common import BF16_FLAGS, UserError, atomic_path, cpu_info, log, write_csv, write_json
 from .params import Params, as_dict
 from .model import TestTimeViews, compile_for_training, fold_temperature, from_params, with_tta
 from .prepare import OUT as PREPARED, count_records, read_records
@@ -41,14 +41,6 @@ VAL_FIELDS = ["epoch", "val_accuracy", "val_loss", "val_log_loss"]
 KERAS_LOGS = ("accuracy", "loss", "log_loss", "val_accuracy", "val_loss", "val_log_loss")
 
 
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def choose_precision(requested: str) -> str:
     """`auto` picks bf16 where the hardware runs it natively, float32 elsewhere."""
     if requested != "auto":
@@ -57,7 +49,7 @@ def choose_precision(requested: str) -> str:
     for gpu in tf.config.list_physical_devices("GPU"):
         cc = tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
         return "mixed_bfloat16" if cc >= (8, 0) else "float32"
-    return "mixed_bfloat16" if cpu_has_bf16() else "float32"
+    return "mixed_bfloat16" if cpu_info()[1] & BF16_FLAGS else "float32"
 
 
 def choose_strategy(name: str):
