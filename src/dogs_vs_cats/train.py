@@ -417,7 +417,8 @@ def run(params: Params) -> None:
         if done >= until:
             continue
         net.fit(
-            train_dataset(params, train_size), steps_per_epoch=steps, epochs=until, initial_epoch=done,
+            # shuffle=False: the stream shuffles itself, seeded; Keras' default would only warn that it is ignored.
+            train_dataset(params, train_size), steps_per_epoch=steps, epochs=until, initial_epoch=done, shuffle=False,
             callbacks=[callback] if average is None else [average, callback], verbose=1 if sys.stderr.isatty() else 2,
         )
     wall = time.monotonic() - start
