@@ -27,6 +27,16 @@ def test_v1_1_and_batch_norm_variants():
         squeezenet("alexnet", 128)
 
 
+def test_batch_norm_on_squeezes_only_normalises_conv1_and_the_squeezes():
+    net = squeezenet("squeezenet1_1", 128, batch_norm=True, batch_norm_expand=False)
+    normalised = sorted(l.name.removesuffix("_bn") for l in net.layers if isinstance(l, BatchNorm))
+    assert normalised == sorted(["conv1"] + [f"fire{i}_squeeze1x1" for i in range(2, 10)])
+    # The expands keep their biases, as without batch norm; conv1 and the squeezes lose theirs.
+    assert net.get_layer("fire2_expand3x3").use_bias and not net.get_layer("fire2_squeeze1x1").use_bias
+    full = squeezenet("squeezenet1_1", 128, batch_norm=True)
+    assert net.count_params() < full.count_params()
+
+
 def _bn_pair(dtype: str):
     """Keras' BatchNormalization and ours, same non-trivial weights, one training step on the same batch."""
     tf = pytest.importorskip("tensorflow")

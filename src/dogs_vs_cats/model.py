@@ -100,12 +100,12 @@ def _conv(x, filters, kernel, name, batch_norm, strides=1, padding="same"):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def fire_module(x, fire_id: int, squeeze: int, expand: int, batch_norm: bool = False):
+def fire_module(x, fire_id: int, squeeze: int, expand: int, batch_norm: bool = False, batch_norm_expand: bool = True):
     """Squeeze with 1x1 convs, then expand with 1x1 and 3x3 convs side by side."""
     p = f"fire{fire_id}"
     s = _conv(x, squeeze, 1, f"{p}_squeeze1x1", batch_norm)
-    left = _conv(s, expand, 1, f"{p}_expand1x1", batch_norm)
-    right = _conv(s, expand, 3, f"{p}_expand3x3", batch_norm)
+    left = _conv(s, expand, 1, f"{p}_expand1x1", batch_norm and batch_norm_expand)
+    right = _conv(s, expand, 3, f"{p}_expand3x3", batch_norm and batch_norm_expand)
     return layers.Concatenate(axis=-1, name=f"{p}_concat")([left, right])
 
 
@@ -117,10 +117,13 @@ def squeezenet(
     dropout: float = 0.5,
     classifier_relu: bool = False,
     bypass: bool = False,
+    batch_norm_expand: bool = True,
 ) -> keras.Model:
     """Channels-last SqueezeNet taking raw 0..255 RGB pixels, ending in a softmax.
 
     `image_size=None` accepts any size: every layer is a convolution or a pooling.
+    `batch_norm_expand=False` normalises only conv1 and the squeeze convs, whose outputs are
+    4-8x narrower than the expands': most of batch norm's cost is in the expands.
     """
     try:
         arch = ARCHITECTURES[version]
@@ -133,7 +136,7 @@ def squeezenet(
     x = _conv(x, filters, kernel, "conv1", batch_norm, strides=2, padding="valid")
     x = layers.MaxPooling2D(3, strides=2, name="pool1")(x)
     for fire_id, squeeze, expand in arch["fires"]:
-        y = fire_module(x, fire_id, squeeze, expand, batch_norm)
+        y = fire_module(x, fire_id, squeeze, expand, batch_norm, batch_norm_expand)
         x = layers.Add(name=f"fire{fire_id}_bypass")([x, y]) if bypass and fire_id in BYPASSED_FIRES else y
         if fire_id in arch["pool_after"]:
             x = layers.MaxPooling2D(3, strides=2, name=f"pool{fire_id}")(x)
@@ -154,7 +157,7 @@ def squeezenet(
 
 def from_params(t, image_size: int | None) -> keras.Model:
     """The net that params.train `t` describes, at `image_size`."""
-    return squeezenet(t.model, image_size, 2, t.batch_norm, t.dropout, t.classifier_relu, t.bypass)
+    return squeezenet(t.model, image_size, 2, t.batch_norm, t.dropout, t.classifier_relu, t.bypass, t.batch_norm_expand)
 
 
 def fold_temperature(model: keras.Model, temperature: float) -> None:

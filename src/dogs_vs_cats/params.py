@@ -62,6 +62,7 @@ class Augment:
 class Train:
     model: str = "squeezenet1_1"
     batch_norm: bool = True
+    batch_norm_expand: bool = True
     bypass: bool = True
     classifier_relu: bool = False
     dropout: float = 0.5
