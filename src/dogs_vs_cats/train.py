@@ -403,7 +403,7 @@ def run(params: Params) -> None:
         if net is None:
             net = build(params, steps)  # a stale average from a refused checkpoint is harmless: update 0 copies
     log(
-        f"train: {t.model} ({net.count_params():,} params, batch_norm={t.batch_norm}, bypass={t.bypass}) on {n_train} images, "
+        f"train: {t.model} ({net.count_params():,} params, batch_norm={t.batch_norm}{'' if t.batch_norm_expand else ' (squeezes only)'}, bypass={t.bypass}) on {n_train} images, "
         f"{t.epochs} epochs ({', '.join(f'to {e} at {s}px' for e, s in phases)}), {precision}, "
         f"strategy {t.strategy} ({strategy.num_replicas_in_sync} replica(s)), validating every {t.validation_freq} epoch(s) and the last"
     )
