@@ -393,6 +393,32 @@ def test_validation_in_memory_scores_as_keras_evaluate_does(tmp_path, monkeypatc
     assert got["val_loss"] != pytest.approx(got["val_log_loss"], abs=1e-3)  # the smoothed loss is not the log loss
 
 
+def test_view_logits_are_each_views_pooled_logits_in_order(tmp_path):
+    import tensorflow as tf
+
+    from dogs_vs_cats.model import TestTimeViews, squeezenet
+    from dogs_vs_cats.prepare import record
+    from dogs_vs_cats.train import view_logits
+
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (37, 32, 32, 3), np.uint8)  # one batch and a partial one
+    path = tmp_path / "val.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as w:
+        for i, image in enumerate(images):
+            w.write(record(image.tobytes(), i % 2, f"dog.{i}.jpg"))
+    keras.utils.set_random_seed(6)
+    net = squeezenet("squeezenet1_1", 32)
+    views = TestTimeViews(flip=True, crop=0.8)
+    z, y = view_logits(net, views, path, 32)
+    assert z.shape == (4, 37, 2) and list(y) == [i % 2 for i in range(37)]
+    head = keras.Model(net.input, net.get_layer("avgpool10").output)
+    x = tf.constant(images, tf.float32)
+    # View k of image i, scored alone: mirrors and crops in the order TestTimeViews stacks them.
+    want = np.asarray(head(views(x), training=False)).reshape(4, 37, 2)
+    np.testing.assert_allclose(z, want, rtol=1e-4, atol=1e-4)
+    assert np.abs(z[0] - z[2]).max() > 1e-4  # the mirror is a different view, not a copy
+
+
 def test_auto_precision_is_bf16_exactly_where_the_cpu_has_native_bf16(monkeypatch):
     from dogs_vs_cats import train
 

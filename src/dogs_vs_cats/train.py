@@ -373,8 +373,11 @@ def view_logits(net, views: TestTimeViews, path: Path, image_size: int):
     """(conv10's pooled logits for every view of every image, (views, images, 2); labels)."""
     head = keras.Model(net.input, net.get_layer("avgpool10").output)
     zs, ys = [], []
-    for x, y, _ in read_records(path, image_size).batch(128):
-        z = np.asarray(head(views(tf.cast(x, tf.float32)), training=False), dtype=np.float64)
+    # predict_on_batch runs a compiled graph, which frees each activation once used. Called eagerly,
+    # the functional model keeps every layer's output of the batch until the end: at 227 px, 128
+    # images (512 views) then took over 20 GB and the train stage was killed (bench/memory).
+    for x, y, _ in read_records(path, image_size).batch(32):
+        z = np.asarray(head.predict_on_batch(views(tf.cast(x, tf.float32))), dtype=np.float64)
         zs.append(z.reshape(views.count, -1, z.shape[-1]))
         ys.append(y.numpy())
     return np.concatenate(zs, axis=1), np.concatenate(ys)
