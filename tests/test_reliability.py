@@ -151,10 +151,62 @@ def test_progressive_resizing_needs_a_smaller_size_and_fewer_epochs(tiny):
 
 
 
-def test_multi_worker_with_tf_config_stops_with_the_upstream_reason_before_training(tiny):
-    cluster = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}
+def test_multi_worker_trains_two_workers_in_step_from_tf_config(tiny, tmp_path):
+    """Two workers on localhost, each in its own checkout as on two machines: one model, trained together."""
+    import shutil
+    import socket
+
+    import keras
+    import numpy as np
+
+    import dogs_vs_cats.model  # noqa: F401  (registers the model's layers for loading)
+
+    set_params(tiny, **{"train.strategy": "multi_worker", "train.epochs": 3})
+    second = shutil.copytree(tiny, tmp_path / "machine2", symlinks=True)
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    workers = [
+        subprocess.Popen([str(BIN / "dogs-vs-cats"), "train"], cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True, env=project_env({"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}))
+        for i, folder in enumerate((tiny, second))
+    ]
+    try:
+        errs = [w.communicate(timeout=300)[1] for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    assert [w.returncode for w in workers] == [0, 0], errs
+    assert all("strategy multi_worker (2 replica(s))" in e and "Epoch 3/3" in e for e in errs)
+    nets = [keras.models.load_model(folder / "data/model/model.keras") for folder in (tiny, second)]
+    for a, b in zip(*(net.get_weights() for net in nets)):
+        np.testing.assert_array_equal(a, b)  # gradients and batch-norm statistics were averaged over both workers
+    rows = list(csv.DictReader(open(tiny / "metrics/train_log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and all(0 <= float(r["accuracy"]) <= 1 for r in rows)
+    assert float(rows[0]["loss"]) > 0
+    assert [int(r["epoch"]) for r in csv.DictReader(open(tiny / "metrics/val_log.csv"))] == [3]  # validated after the last
+    assert json.loads((tiny / "metrics/train.json").read_text())["epochs"] == 3
+
+
+def test_multi_worker_loop_on_one_worker_trains_as_fit_does(tiny, tmp_path):
+    """The multi-worker training loop is fit()'s recipe: same loss, schedule, statistics and logs."""
+    import shutil
+
+    set_params(tiny, **{"train.ema": 0.0, "train.dropout": 0.0})
+    with_fit = shutil.copytree(tiny, tmp_path / "with_fit", symlinks=True)
     set_params(tiny, **{"train.strategy": "multi_worker"})
-    result = run_cli(["train"], tiny, env=project_env({"TF_CONFIG": json.dumps(cluster)}), timeout=120)
-    assert result.returncode == 1
-    assert "does not work with Keras" in result.stderr and "train.strategy: mirrored" in result.stderr
-    assert not (tiny / "data/model").exists()
+    one_worker = {"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}}
+    results = [run_cli(["train"], tiny, env=project_env({"TF_CONFIG": json.dumps(one_worker)})), run_cli(["train"], with_fit)]
+    assert [r.returncode for r in results] == [0, 0], [r.stderr[-2000:] for r in results]
+    assert "strategy multi_worker (1 replica(s))" in results[0].stderr
+    logs = [list(csv.DictReader(open(folder / "metrics/train_log.csv"))) for folder in (tiny, with_fit)]
+    for ours, keras_fit in zip(*logs):
+        assert ours["learning_rate"] == keras_fit["learning_rate"]
+        for key in ("loss", "log_loss", "accuracy"):
+            assert float(ours[key]) == pytest.approx(float(keras_fit[key]), abs=2e-3), (key, ours, keras_fit)
+    assert float(logs[0][0]["loss"]) != pytest.approx(float(logs[0][-1]["loss"]), abs=1e-3)  # it trained
+    vals = [next(csv.DictReader(open(folder / "metrics/val_log.csv"))) for folder in (tiny, with_fit)]
+    assert float(vals[0]["val_log_loss"]) == pytest.approx(float(vals[1]["val_log_loss"]), abs=2e-3)

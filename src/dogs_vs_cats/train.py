@@ -61,13 +61,7 @@ def choose_strategy(name: str):
                 "params.yaml: train.strategy = multi_worker needs the TF_CONFIG environment variable "
                 "describing the cluster; set it on every worker, or use train.strategy: mirrored"
             )
-        # Measured with two workers on localhost: Keras 3's fit() fails under this strategy, first on
-        # PerReplica batches, then on reducing scalar metrics along axis 0 (keras-team/keras#20585).
-        # Stop before the cluster spins up rather than crash inside fit().
-        raise UserError(
-            f"params.yaml: train.strategy = multi_worker does not work with Keras {keras.__version__}'s fit() "
-            "(keras-team/keras#20585); train on one machine's GPUs with train.strategy: mirrored"
-        )
+        return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
 
@@ -151,18 +145,24 @@ def mixup(alpha: float):
     return mix
 
 
-def train_dataset(params: Params, size: int):
-    """Shuffled, augmented training batches at `size` px, streamed from the prepared store, epoch after epoch."""
+def train_dataset(params: Params, size: int, shard: tuple[int, int] = (0, 1), batch_size: int | None = None):
+    """Shuffled, augmented training batches at `size` px, streamed from the prepared store, epoch after epoch.
+
+    `shard` (i, n) keeps every n-th record from the i-th, in batches of `batch_size`: one worker's
+    part of a multi-worker run.
+    """
     t = params.train
+    index, count = shard
+    records = read_records(PREPARED / "train.tfrecord", params.prepare.image_size)
     batches = (
-        read_records(PREPARED / "train.tfrecord", params.prepare.image_size)
+        (records.shard(count, index) if count > 1 else records)
         .map(lambda x, y, name: (x, y))
         .shuffle(t.shuffle_buffer, seed=t.seed, reshuffle_each_iteration=True)
-        .batch(t.batch_size, drop_remainder=False)
+        .batch(batch_size or t.batch_size, drop_remainder=False)
     )
     # One seed pair per batch, from a seeded stream that differs each epoch: the random draws
     # then depend on the batch, not on which of tf.data's parallel calls happens to run first.
-    seeds = tf.data.Dataset.random(seed=t.seed, rerandomize_each_iteration=True).batch(4)
+    seeds = tf.data.Dataset.random(seed=t.seed + index, rerandomize_each_iteration=True).batch(4)
     augment, mix = augmenter(params, size), mixup(t.augment.mixup) if t.augment.mixup > 0 else None
 
     def step(batch, seed):
@@ -195,8 +195,12 @@ class Validation:
         self.log_loss = keras.losses.CategoricalCrossentropy()
 
     def __call__(self, net) -> dict:
+        # The net itself in a graph, not predict_on_batch: under MultiWorkerMirroredStrategy that
+        # runs the batch on every worker and returns all their answers, concatenated.
+        if getattr(self, "_net", None) is not net:
+            self._net, self._forward = net, tf.function(lambda x: net(x, training=False), reduce_retracing=True)
         probs = np.concatenate([
-            np.asarray(net.predict_on_batch(self.x[i:i + self.batch].astype(np.float32)), dtype=np.float32)
+            np.asarray(self._forward(self.x[i:i + self.batch].astype(np.float32)), dtype=np.float32)
             for i in range(0, len(self.y), self.batch)
         ])
         return {
@@ -347,6 +351,63 @@ def _resume(fp: str, average: WeightAverage | None):
     return net, state["history"]
 
 
+def fit_replicated(net, strategy, params: Params, size: int, steps: int, epochs: int, initial_epoch: int, callbacks):
+    """fit() for MultiWorkerMirroredStrategy, under which Keras 3's own fails (keras-team/keras#20585).
+
+    The same compiled optimizer (so the same learning-rate schedule and weight decay), loss, metrics
+    and callbacks. Each worker streams its own shard of the records; `train.batch_size` stays the
+    global batch, split evenly over the replicas, so the recipe means the same on any cluster.
+    """
+    t = params.train
+    replicas = strategy.num_replicas_in_sync
+    if t.batch_size % replicas:
+        raise UserError(
+            f"params.yaml: train.batch_size = {t.batch_size} is invalid for {replicas} replicas: "
+            "expected a multiple of the replica count (TF_CONFIG's workers times each one's devices)"
+        )
+    data = strategy.distribute_datasets_from_function(lambda ctx: train_dataset(
+        params, size, (ctx.input_pipeline_id, ctx.num_input_pipelines), ctx.get_per_replica_batch_size(t.batch_size)))
+
+    statistics = [v for v in net.non_trainable_variables if "float" in str(v.dtype)]  # not the dropout seed
+
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            p = tf.cast(net(x, training=True), tf.float32)
+            per_image = keras.losses.categorical_crossentropy(y, p, label_smoothing=t.label_smoothing)
+            loss = tf.nn.compute_average_loss(per_image)  # over the global batch, as fit() averages over the batch
+            if net.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(net.losses))
+        net.optimizer.apply_gradients(zip(tape.gradient(loss, net.trainable_variables), net.trainable_variables))
+        # Batch norm's moving statistics: each worker's follow its own images. Averaged every step
+        # (a few thousand numbers beside the gradients' 700k), they follow the global batch and are
+        # the same on every worker, so every worker's checkpoint and model are the same.
+        ctx = tf.distribute.get_replica_context()
+        for v, mean in zip(statistics, ctx.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v) for v in statistics])):
+            v.assign(mean)
+        return tf.stack([tf.reduce_sum(per_image), tf.reduce_sum(keras.metrics.categorical_accuracy(y, p)),
+                         tf.reduce_sum(keras.losses.categorical_crossentropy(y, p)), tf.cast(tf.shape(y)[0], tf.float32)])
+
+    @tf.function
+    def train_step(iterator):
+        # Sums over the global batch: loss, correct answers, log loss, images.
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(step, args=next(iterator)), axis=None)
+
+    hooks = keras.callbacks.CallbackList(callbacks, model=net)
+    iterator = iter(data)
+    for epoch in range(initial_epoch, epochs):
+        start = time.monotonic()
+        hooks.on_epoch_begin(epoch)
+        total = tf.zeros(4)
+        for batch in range(steps):
+            total += train_step(iterator)  # no .numpy() per step: the steps queue up asynchronously
+            hooks.on_train_batch_end(batch)
+        loss, correct, log_loss, n = total.numpy()
+        logs = {"accuracy": correct / n, "log_loss": log_loss / n, "loss": loss / n}
+        hooks.on_epoch_end(epoch, logs)
+        log(f"Epoch {epoch + 1}/{epochs} - {time.monotonic() - start:.0f}s - "
+            + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
+
+
 def p_dog_of_views(view_logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """P(dog) as the shipped model gives it: softmax(z / T) averaged over the views.
 
@@ -419,10 +480,14 @@ def run(params: Params) -> None:
         done = len(history)
         if done >= until:
             continue
+        callbacks = [callback] if average is None else [average, callback]
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            fit_replicated(net, strategy, params, train_size, steps, until, done, callbacks)
+            continue
         net.fit(
             # shuffle=False: the stream shuffles itself, seeded; Keras' default would only warn that it is ignored.
             train_dataset(params, train_size), steps_per_epoch=steps, epochs=until, initial_epoch=done, shuffle=False,
-            callbacks=[callback] if average is None else [average, callback], verbose=1 if sys.stderr.isatty() else 2,
+            callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2,
         )
     wall = time.monotonic() - start
 
