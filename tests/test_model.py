@@ -419,6 +419,19 @@ def test_view_logits_are_each_views_pooled_logits_in_order(tmp_path):
     assert np.abs(z[0] - z[2]).max() > 1e-4  # the mirror is a different view, not a copy
 
 
+def test_multi_worker_batch_must_split_evenly_over_the_replicas():
+    from dogs_vs_cats import params as P
+    from dogs_vs_cats.common import UserError
+    from dogs_vs_cats.train import fit_replicated
+
+    class ThreeReplicas:  # checked before the strategy does anything
+        num_replicas_in_sync = 3
+
+    params = P.from_dict({"train": {"batch_size": 32}})
+    with pytest.raises(UserError, match=r"train.batch_size = 32 is invalid for 3 replicas: expected a multiple"):
+        fit_replicated(None, ThreeReplicas(), params, 32, steps=1, epochs=1, initial_epoch=0, callbacks=[])
+
+
 def test_auto_precision_is_bf16_exactly_where_the_cpu_has_native_bf16(monkeypatch):
     from dogs_vs_cats import train
 
