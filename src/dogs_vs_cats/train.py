@@ -191,13 +191,13 @@ class Validation:
         self.x, self.y = np.concatenate(xs), np.concatenate(ys)
         self.epochs, self.batch = set(epochs), max(params.train.batch_size, 64)
         self.onehot = np.eye(2, dtype=np.float32)[self.y]
-        self.loss = keras.losses.CategoricalCrossentropy(label_smoothing=params.train.label_smoothing)
         self.log_loss = keras.losses.CategoricalCrossentropy()
+        self._net = self._forward = None  # the net last scored, and its compiled forward pass
 
     def __call__(self, net) -> dict:
         # The net itself in a graph, not predict_on_batch: under MultiWorkerMirroredStrategy that
         # runs the batch on every worker and returns all their answers, concatenated.
-        if getattr(self, "_net", None) is not net:
+        if self._net is not net:
             self._net, self._forward = net, tf.function(lambda x: net(x, training=False), reduce_retracing=True)
         probs = np.concatenate([
             np.asarray(self._forward(self.x[i:i + self.batch].astype(np.float32)), dtype=np.float32)
@@ -205,7 +205,7 @@ class Validation:
         ])
         return {
             "val_accuracy": float(np.mean(np.argmax(probs, axis=1) == self.y)),
-            "val_loss": float(self.loss(self.onehot, probs)),
+            "val_loss": float(net.loss(self.onehot, probs)),  # the compiled (label-smoothed) loss
             "val_log_loss": float(self.log_loss(self.onehot, probs)),
         }
 
@@ -368,12 +368,12 @@ def fit_replicated(net, strategy, params: Params, size: int, steps: int, epochs:
     data = strategy.distribute_datasets_from_function(lambda ctx: train_dataset(
         params, size, (ctx.input_pipeline_id, ctx.num_input_pipelines), ctx.get_per_replica_batch_size(t.batch_size)))
 
-    statistics = [v for v in net.non_trainable_variables if "float" in str(v.dtype)]  # not the dropout seed
+    statistics = [v for v in net.non_trainable_variables if keras.backend.is_float_dtype(v.dtype)]  # not the dropout seed
 
     def step(x, y):
         with tf.GradientTape() as tape:
             p = tf.cast(net(x, training=True), tf.float32)
-            per_image = keras.losses.categorical_crossentropy(y, p, label_smoothing=t.label_smoothing)
+            per_image = net.loss.call(y, p)  # the compiled loss (label smoothing and all), per image
             loss = tf.nn.compute_average_loss(per_image)  # over the global batch, as fit() averages over the batch
             if net.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(net.losses))
@@ -436,7 +436,7 @@ def view_logits(net, views: TestTimeViews, path: Path, image_size: int):
     zs, ys = [], []
     # predict_on_batch runs a compiled graph, which frees each activation once used. Called eagerly,
     # the functional model keeps every layer's output of the batch until the end: at 227 px, 128
-    # images (512 views) then took over 20 GB and the train stage was killed (bench/memory).
+    # images (512 views) at a time grew past 17 GB before the train stage was killed (bench/memory).
     for x, y, _ in read_records(path, image_size).batch(32):
         z = np.asarray(head.predict_on_batch(views(tf.cast(x, tf.float32))), dtype=np.float64)
         zs.append(z.reshape(views.count, -1, z.shape[-1]))
