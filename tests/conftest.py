@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import zipfile
@@ -69,6 +70,25 @@ def make_competition(folder: Path, n_per_class: int = 12, n_test: int = 6, extra
 def fake_kaggle():
     with FakeKaggle() as fake:
         yield fake
+
+
+def free_ports(n: int = 1) -> list[int]:
+    """`n` distinct free TCP ports on 127.0.0.1 (all held open while picked, so never the same one twice)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def overrides(items: list[str]) -> dict:
+    """`--set KEY=VALUE` arguments as {KEY: VALUE}, VALUE read as YAML (so 0.5 is a number)."""
+    import yaml
+
+    return {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in items)}
 
 
 def project_env(extra: dict | None = None, home: Path | None = None) -> dict:

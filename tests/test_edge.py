@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from conftest import BIN, image_bytes, project_env
+from conftest import BIN, free_ports, image_bytes, project_env
 
 keras = pytest.importorskip("keras")
 
@@ -74,16 +74,10 @@ def test_predict_with_tflite_needs_no_tensorflow(models, tmp_path):
     assert 0 <= float(row["p_dog"]) <= 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def service(models):
     paths, _ = models
-    port = _free_port()
+    (port,) = free_ports()
     proc = subprocess.Popen([str(BIN / "dogs-vs-cats"), "serve", "--model", str(paths["int8"]), "--port", str(port),
                              "--max-bytes", "200000"], env=project_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60

@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from conftest import BIN, ROOT, SHARED_COMPETITION, copy_project, image_bytes, project_env, run_cli, set_params
+from conftest import BIN, ROOT, SHARED_COMPETITION, copy_project, free_ports, image_bytes, project_env, run_cli, set_params
 from dogs_vs_cats.submission import check
 
 SMALL = {
@@ -314,13 +314,10 @@ def test_push_then_pull_restores_every_output(repro):
 def test_s3_remote_round_trip_through_a_local_s3_server(repro, tmp_path):
     """The team set-up from the README, against moto's S3 server on 127.0.0.1."""
     import shutil
-    import socket
     import time
 
     boto3 = pytest.importorskip("boto3")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    (port,) = free_ports()
     server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

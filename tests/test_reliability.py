@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import BIN, copy_project, make_competition, project_env, run_cli, set_params
+from conftest import BIN, copy_project, free_ports, make_competition, project_env, run_cli, set_params
 
 
 @pytest.fixture
@@ -154,7 +154,6 @@ def test_progressive_resizing_needs_a_smaller_size_and_fewer_epochs(tiny):
 def test_multi_worker_trains_two_workers_in_step_from_tf_config(tiny, tmp_path):
     """Two workers on localhost, each in its own checkout as on two machines: one model, trained together."""
     import shutil
-    import socket
 
     import keras
     import numpy as np
@@ -163,12 +162,7 @@ def test_multi_worker_trains_two_workers_in_step_from_tf_config(tiny, tmp_path):
 
     set_params(tiny, **{"train.strategy": "multi_worker", "train.epochs": 3})
     second = shutil.copytree(tiny, tmp_path / "machine2", symlinks=True)
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     workers = [
         subprocess.Popen([str(BIN / "dogs-vs-cats"), "train"], cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          text=True, env=project_env({"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}))
