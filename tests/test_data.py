@@ -10,7 +10,8 @@ import pytest
 
 from conftest import image_bytes, make_competition, run_cli
 from dogs_vs_cats import params as P
-from dogs_vs_cats.prepare import BadImage, load_image, read_records, record
+from dogs_vs_cats.images import BadImage, load_image
+from dogs_vs_cats.records import read_records, record
 from dogs_vs_cats.split import make_split
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import BIN, free_ports, image_bytes, project_env
 
-keras = pytest.importorskip("keras")
+import keras
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def models(tmp_path_factory):
     """A small SqueezeNet with a sharpened head (so answers vary), as .keras and all three TFLite forms."""
     from dogs_vs_cats.export import convert
     from dogs_vs_cats.model import squeezenet, with_tta
-    from dogs_vs_cats.prepare import load_image
+    from dogs_vs_cats.images import load_image
 
     keras.utils.set_random_seed(0)
     folder = tmp_path_factory.mktemp("models")
@@ -104,7 +104,7 @@ def request(port, method, path, body=None, headers=None):
 
 def test_service_answers_p_dog_and_label(service, models):
     from dogs_vs_cats.predict import Predictor
-    from dogs_vs_cats.prepare import load_image
+    from dogs_vs_cats.images import load_image
 
     paths, _ = models
     img = image_bytes("dog", (100, 80), seed=3)

@@ -4,10 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+import keras
 
-from dogs_vs_cats.model import (  # noqa: E402
-    BatchNorm, fold_temperature, fused_batch_norm_wanted, squeezenet, with_keras_batch_norm, with_tta)
+from dogs_vs_cats.calibrate import fold_temperature
+from dogs_vs_cats.layers import BatchNorm, fused_batch_norm_wanted, with_keras_batch_norm
+from dogs_vs_cats.model import squeezenet, with_tta
 
 
 def test_v1_0_without_batch_norm_is_the_demos_736450_parameter_net():
@@ -39,7 +40,7 @@ def test_batch_norm_on_squeezes_only_normalises_conv1_and_the_squeezes():
 
 def _bn_pair(dtype: str):
     """Keras' BatchNormalization and ours, same non-trivial weights, one training step on the same batch."""
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(2.0, 3.0, (4, 5, 6, 8)), dtype)
     w = tf.constant(rng.normal(size=(4, 5, 6, 8)), "float32")
@@ -60,7 +61,7 @@ def _bn_pair(dtype: str):
 
 
 def test_fused_batch_norm_trains_exactly_like_keras_batch_norm():
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf
     if not fused_batch_norm_wanted():
         pytest.skip("the fused path is only taken by CPU-only TensorFlow")
     # Ours really runs the fused kernel in training (else the comparison below would be Keras against itself).
@@ -138,7 +139,7 @@ def test_folding_a_temperature_divides_the_logits_exactly(relu):
 
 
 def test_fitted_temperature_recovers_the_one_that_made_the_labels():
-    from dogs_vs_cats.train import fit_temperature
+    from dogs_vs_cats.calibrate import fit_temperature
 
     rng = np.random.default_rng(4)
     gap = rng.normal(0, 4, 20000)
@@ -186,7 +187,7 @@ def test_mixup_blends_images_and_labels_with_the_same_weight():
     import numpy as np
     import tensorflow as tf
 
-    from dogs_vs_cats.train import mixup
+    from dogs_vs_cats.inputs import mixup
 
     tf.random.set_seed(0)
     n = 64
@@ -210,7 +211,7 @@ def test_mixup_blends_images_and_labels_with_the_same_weight():
 
 def _augment(size: int, **augment):
     from dogs_vs_cats import params as P
-    from dogs_vs_cats.train import augmenter
+    from dogs_vs_cats.inputs import augmenter
 
     off = dict(flip=False, crop_scale=1.0, rotation=0.0, contrast=0.0, brightness=0.0, mixup=0.0)
     fn = augmenter(P.from_dict({"prepare": {"image_size": 32}, "train": {"low_res_size": 0, "augment": {**off, **augment}}}), size)
@@ -268,8 +269,8 @@ def test_training_batches_are_the_same_for_the_same_seed_and_change_every_epoch(
     import tensorflow as tf
 
     from dogs_vs_cats import params as P
-    from dogs_vs_cats import train as T
-    from dogs_vs_cats.prepare import count_records, record
+    from dogs_vs_cats.inputs import train_dataset
+    from dogs_vs_cats.records import count_records, record
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data/prepared").mkdir(parents=True)
@@ -282,7 +283,7 @@ def test_training_batches_are_the_same_for_the_same_seed_and_change_every_epoch(
 
     def two_epochs():  # 40 images in batches of 8: 5 steps an epoch, from one endless stream
         tf.keras.utils.set_random_seed(params.train.seed)
-        batches = iter(T.train_dataset(params, 24))
+        batches = iter(train_dataset(params, 24))
         epochs = [[next(batches) for _ in range(5)] for _ in range(2)]
         return [np.concatenate([x.numpy().ravel() for x, _ in epoch]) for epoch in epochs]
 
@@ -291,24 +292,8 @@ def test_training_batches_are_the_same_for_the_same_seed_and_change_every_epoch(
     assert not np.allclose(first[0], first[1])
 
 
-def test_models_saved_with_the_old_flip_layers_still_load_and_agree(tmp_path):
-    from keras import layers
-
-    from dogs_vs_cats.model import HorizontalFlip, MeanOfHalves
-
-    keras.utils.set_random_seed(5)
-    net = squeezenet("squeezenet1_1", 48)
-    # The graph with_flip_tta built before train.tta_crop existed.
-    inputs = keras.Input((48, 48, 3), name="image")
-    both = layers.Concatenate(axis=0, name="with_mirror")([inputs, HorizontalFlip(name="mirror")(inputs)])
-    keras.Model(inputs, MeanOfHalves(name="flip_tta", dtype="float32")(net(both))).save(tmp_path / "old.keras")
-    x = np.random.default_rng(2).uniform(0, 255, (3, 48, 48, 3)).astype("float32")
-    loaded = keras.models.load_model(tmp_path / "old.keras")
-    assert np.allclose(np.asarray(loaded(x)), np.asarray(with_tta(net, flip=True)(x)), atol=1e-6)
-
-
 def test_weight_average_follows_its_decays_from_its_start_epoch_and_averages_bn_statistics():
-    from dogs_vs_cats.train import WeightAverage
+    from dogs_vs_cats.callbacks import WeightAverage
 
     net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization()])
     assert len(net.non_trainable_weights) == 2  # BN moving mean and variance: averaged too
@@ -340,7 +325,7 @@ def test_weight_average_follows_its_decays_from_its_start_epoch_and_averages_bn_
 
 
 def test_weight_average_survives_a_checkpoint_and_refuses_another_models(tmp_path):
-    from dogs_vs_cats.train import WeightAverage
+    from dogs_vs_cats.callbacks import WeightAverage
 
     def model(width):
         return keras.Sequential([keras.Input((4,)), keras.layers.Dense(width)])
@@ -368,9 +353,10 @@ def test_validation_in_memory_scores_as_keras_evaluate_does(tmp_path, monkeypatc
     import tensorflow as tf
 
     from dogs_vs_cats import params as P
-    from dogs_vs_cats import train as T
-    from dogs_vs_cats.model import compile_for_training, from_params
-    from dogs_vs_cats.prepare import record
+    from dogs_vs_cats.callbacks import Validation
+    from dogs_vs_cats.model import from_params
+    from dogs_vs_cats.recipe import compile_for_training
+    from dogs_vs_cats.records import record
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data/prepared").mkdir(parents=True)
@@ -383,7 +369,7 @@ def test_validation_in_memory_scores_as_keras_evaluate_does(tmp_path, monkeypatc
     keras.utils.set_random_seed(3)
     net = from_params(params.train, 32)
     compile_for_training(net, params.train, steps_per_epoch=1)
-    validation = T.Validation(params, epochs=[5, 10])
+    validation = Validation(params, epochs=[5, 10])
     assert validation.epochs == {5, 10} and len(validation.y) == 70  # two batches of 64: a partial one too
     got = validation(net)
     want = net.evaluate(images.astype("float32"), keras.utils.to_categorical(np.arange(70) % 2, 2), batch_size=64,
@@ -396,9 +382,9 @@ def test_validation_in_memory_scores_as_keras_evaluate_does(tmp_path, monkeypatc
 def test_view_logits_are_each_views_pooled_logits_in_order(tmp_path):
     import tensorflow as tf
 
-    from dogs_vs_cats.model import TestTimeViews, squeezenet
-    from dogs_vs_cats.prepare import record
-    from dogs_vs_cats.train import view_logits
+    from dogs_vs_cats.calibrate import view_logits
+    from dogs_vs_cats.layers import TestTimeViews
+    from dogs_vs_cats.records import record
 
     rng = np.random.default_rng(5)
     images = rng.integers(0, 256, (37, 32, 32, 3), np.uint8)  # one batch and a partial one
@@ -422,7 +408,7 @@ def test_view_logits_are_each_views_pooled_logits_in_order(tmp_path):
 def test_multi_worker_batch_must_split_evenly_over_the_replicas():
     from dogs_vs_cats import params as P
     from dogs_vs_cats.common import UserError
-    from dogs_vs_cats.train import fit_replicated
+    from dogs_vs_cats.distributed import fit_replicated
 
     class ThreeReplicas:  # checked before the strategy does anything
         num_replicas_in_sync = 3
@@ -433,16 +419,18 @@ def test_multi_worker_batch_must_split_evenly_over_the_replicas():
 
 
 def test_auto_precision_is_bf16_exactly_where_the_cpu_has_native_bf16(monkeypatch):
-    from dogs_vs_cats import train
+    import tensorflow as tf
 
-    if train.tf.config.list_physical_devices("GPU"):
+    from dogs_vs_cats import recipe
+
+    if tf.config.list_physical_devices("GPU"):
         pytest.skip("a GPU decides the precision, not the CPU flags")
-    monkeypatch.setattr(train, "cpu_info", lambda: ("test CPU", frozenset({"avx2", "avx512f"})))
-    assert train.choose_precision("auto") == "float32"
+    monkeypatch.setattr(recipe, "cpu_info", lambda: ("test CPU", frozenset({"avx2", "avx512f"})))
+    assert recipe.choose_precision("auto") == "float32"
     for flag in ("avx512_bf16", "amx_bf16"):
-        monkeypatch.setattr(train, "cpu_info", lambda flag=flag: ("test CPU", frozenset({"avx512f", flag})))
-        assert train.choose_precision("auto") == "mixed_bfloat16"
-    assert train.choose_precision("float32") == "float32"
+        monkeypatch.setattr(recipe, "cpu_info", lambda flag=flag: ("test CPU", frozenset({"avx512f", flag})))
+        assert recipe.choose_precision("auto") == "mixed_bfloat16"
+    assert recipe.choose_precision("float32") == "float32"
 
 
 def test_cpu_info_reads_this_machines_model_and_flags():

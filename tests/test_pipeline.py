@@ -10,6 +10,7 @@ import zipfile
 import pytest
 
 from conftest import BIN, ROOT, SHARED_COMPETITION, copy_project, free_ports, image_bytes, project_env, run_cli, set_params
+from dogs_vs_cats.cli import STAGES
 from dogs_vs_cats.submission import check
 
 SMALL = {
@@ -129,6 +130,31 @@ def test_changing_a_training_param_does_not_rerun_download_split_or_prepare(repr
     changed = set(json.loads(result.stdout))
     assert changed == {"train"}
     set_params(p, **{"train.label_smoothing": SMALL.get("train.label_smoothing", 0.1)})
+
+
+def _edit_and_status(repro, rel: str) -> set[str]:
+    """The stages `dvc status` calls changed after appending a comment to `rel`; the file is then restored."""
+    p, env = repro["project"], repro["env"]
+    path = p / rel
+    before = path.read_bytes()
+    try:
+        path.write_bytes(before + b"\n# an edit\n")
+        result = dvc(["status", "--json"], p, env)
+        assert result.returncode == 0, result.stderr
+        return set(json.loads(result.stdout))
+    finally:
+        path.write_bytes(before)
+
+
+def test_editing_code_reruns_exactly_the_stages_that_run_it(repro):
+    assert json.loads(dvc(["status", "--json"], repro["project"], repro["env"]).stdout) == {}
+    # The layers the saved model is made of: training builds them, every reader of the model runs them.
+    assert _edit_and_status(repro, "src/dogs_vs_cats/layers.py") == {"train", "evaluate", "submission", "export"}
+    assert _edit_and_status(repro, "src/dogs_vs_cats/model.py") == {"train"}
+    assert _edit_and_status(repro, "src/dogs_vs_cats/images.py") == {"prepare", "evaluate", "submission", "export"}
+    assert _edit_and_status(repro, "src/dogs_vs_cats/params.py") == set(STAGES)
+    for untouched in ("src/dogs_vs_cats/submit.py", "src/dogs_vs_cats/serve.py", "README.md"):
+        assert _edit_and_status(repro, untouched) == set(), untouched
 
 
 def test_rerunning_prepare_on_the_same_inputs_does_not_retrain(repro):
@@ -316,7 +342,7 @@ def test_s3_remote_round_trip_through_a_local_s3_server(repro, tmp_path):
     import shutil
     import time
 
-    boto3 = pytest.importorskip("boto3")
+    import boto3  # moto[server] of the test extra brings it
     (port,) = free_ports()
     server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

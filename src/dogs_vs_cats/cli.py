@@ -7,6 +7,7 @@ import os
 import sys
 
 from .common import UserError
+from .paths import MODEL
 
 STAGES = ("download", "split", "prepare", "train", "evaluate", "submission", "export")
 
@@ -22,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_parser(stage, help=f"run the `{stage}` stage (normally via `dvc repro`)")
 
     p = sub.add_parser("predict", help="write file,p_dog for images, from a .keras or .tflite model")
-    p.add_argument("--model", default="data/model/model.keras", help="model file (.keras or .tflite)")
+    p.add_argument("--model", default=str(MODEL), help="model file (.keras or .tflite)")
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR")
 

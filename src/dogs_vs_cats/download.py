@@ -22,10 +22,9 @@ from pathlib import Path
 
 from .common import UserError, log
 from .params import Params
+from .paths import DOWNLOAD_STAGING as STAGING, RAW
 
 FILES = ("train.zip", "test.zip", "sample_submission.csv")
-RAW = Path("data/raw")
-STAGING = Path("data/.download")
 
 
 def kaggle_api():

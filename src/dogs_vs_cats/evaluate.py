@@ -5,31 +5,14 @@ fitted on validation), so its figures are the honest ones.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 from sklearn import metrics as skm
 
 from .common import scores, write_csv, write_json
 from .params import Params
-from .predict import Predictor
-from .prepare import OUT as PREPARED, read_records
-from .train import MODEL
-
-OUT = Path("metrics/eval.json")
-PLOTS = Path("metrics/plots")
-
-
-def predict_records(predictor: Predictor, path: Path, batch_size: int = 64):
-    """(P(dog), labels, names) for every image of a prepared TFRecord file."""
-    ps, ys, names = [], [], []
-    for x, y, n in read_records(path, predictor.image_size).batch(batch_size).as_numpy_iterator():
-        ps.append(predictor.p_dog(x))
-        ys.append(y)
-        names += [s.decode() for s in n]
-    if not ps:
-        return np.zeros(0), np.zeros(0, dtype=int), []
-    return np.concatenate(ps), np.concatenate(ys), names
+from .paths import EVAL_METRICS, EVAL_PLOTS as PLOTS, MODEL, prepared
+from .predict import Predictor, predict_records
 
 
 def _curve_rows(a: np.ndarray, b: np.ndarray, max_points: int = 400):
@@ -41,7 +24,7 @@ def run(params: Params) -> None:
     predictor = Predictor(MODEL)
     result = {}
     for key in ("val", "holdout"):
-        p, y, _ = predict_records(predictor, PREPARED / f"{key}.tfrecord")
+        p, y, _ = predict_records(predictor, prepared(key))
         result[key] = scores(p, y)
         if key == "holdout":
             holdout = (p, y)
@@ -58,6 +41,6 @@ def run(params: Params) -> None:
     else:
         write_csv(PLOTS / "roc.csv", ["fpr", "tpr"], [])
         write_csv(PLOTS / "precision_recall.csv", ["recall", "precision"], [])
-    write_json(OUT, result)
+    write_json(EVAL_METRICS, result)
     h = result["holdout"]
     print(f"evaluate: holdout accuracy {h['accuracy']}, log loss {h['log_loss']}, ROC AUC {h['roc_auc']}")

@@ -12,19 +12,14 @@ import io
 import os
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 
 from .common import atomic_path, log, scores, write_json
-from .evaluate import predict_records
 from .params import Params
-from .predict import Predictor
-from .prepare import OUT as PREPARED, read_records
-from .train import MODEL
-
-OUT = Path("data/export")
-METRICS = Path("metrics/export.json")
+from .paths import EXPORT as OUT, EXPORT_METRICS as METRICS, MODEL, prepared
+from .predict import Predictor, predict_records
+from .records import read_records
 FORMS = ("float32", "float16", "int8")
 
 
@@ -70,18 +65,18 @@ def latency_ms(predictor: Predictor, image: np.ndarray, runs: int) -> float:
 def run(params: Params) -> None:
     import keras
 
-    from . import model as _custom_objects  # noqa: F401
+    from . import layers as _custom_objects  # noqa: F401  (registers the saved model's layers)
 
     model = keras.models.load_model(MODEL, compile=False)
     size = model.input_shape[1]
     n = params.export.calibration_images
-    calibration = np.stack([x for x, _, _ in read_records(PREPARED / "train.tfrecord", size).take(n).as_numpy_iterator()])
+    calibration = np.stack([x for x, _, _ in read_records(prepared("train"), size).take(n).as_numpy_iterator()])
     sample = calibration[0]
     runs = params.export.latency_runs
     threads = os.cpu_count() or 1
 
     keras_predictor = Predictor(MODEL)
-    p, y, _ = predict_records(keras_predictor, PREPARED / "holdout.tfrecord")
+    p, y, _ = predict_records(keras_predictor, prepared("holdout"))
     report = {"keras": {"bytes": MODEL.stat().st_size, **_holdout(p, y),
                         "latency_ms": {"all_threads": latency_ms(keras_predictor, sample, runs)}}}
     OUT.mkdir(parents=True, exist_ok=True)
@@ -90,7 +85,7 @@ def run(params: Params) -> None:
         path = OUT / f"model_{form}.tflite"
         with atomic_path(path, suffix=".tflite") as tmp:
             tmp.write_bytes(convert(model, form, calibration, params.export.per_channel))
-        p, y, _ = predict_records(Predictor(path, threads=threads), PREPARED / "holdout.tfrecord")
+        p, y, _ = predict_records(Predictor(path, threads=threads), prepared("holdout"))
         report[form] = {
             "bytes": path.stat().st_size,
             **_holdout(p, y),

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from .common import UserError, log, write_csv
-from .prepare import BadImage, load_image
+from .images import BadImage, load_image
+from .records import read_records
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -67,7 +68,7 @@ class Predictor:
     def _init_keras(self):
         import keras
 
-        from . import model as _custom_objects  # noqa: F401  (registers layers used in saved models)
+        from . import layers as _custom_objects  # noqa: F401  (registers layers used in saved models)
 
         self._model = keras.models.load_model(self.path, compile=False)
         self.image_size = int(self._model.input_shape[1])
@@ -106,6 +107,18 @@ class Predictor:
         if self._out["dtype"] != np.float32:
             y = (y.astype(np.float32) - zero) * scale
         return float(y[0, 1])
+
+
+def predict_records(predictor: Predictor, path: Path, batch_size: int = 64):
+    """(P(dog), labels, names) for every image of a prepared TFRecord file (reading it needs TensorFlow)."""
+    ps, ys, names = [], [], []
+    for x, y, n in read_records(path, predictor.image_size).batch(batch_size).as_numpy_iterator():
+        ps.append(predictor.p_dog(x))
+        ys.append(y)
+        names += [s.decode() for s in n]
+    if not ps:
+        return np.zeros(0), np.zeros(0, dtype=int), []
+    return np.concatenate(ps), np.concatenate(ys), names
 
 
 def _expand(inputs: list[str]) -> list[tuple[Path, bool]]:

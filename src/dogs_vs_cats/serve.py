@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .common import log
 from .predict import Predictor
-from .prepare import BadImage, load_image
+from .images import BadImage, load_image
 
 
 def make_server(model: str, host: str, port: int, max_bytes: int) -> ThreadingHTTPServer:

@@ -14,11 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from .common import UserError, log, write_csv
-from .download import RAW
 from .params import Params
+from .paths import RAW, SETS, SPLIT
 
-OUT = Path("data/split")
-SETS = ("train", "val", "holdout")
 _NAME = re.compile(r"^(?:.*/)?(cat|dog)\.(\d+)\.jpe?g$", re.IGNORECASE)
 
 
@@ -86,5 +84,5 @@ def run(params: Params) -> None:
         )
     sets = make_split(by_label, params)
     for key in SETS:
-        write_csv(OUT / f"{key}.csv", ["file", "label"], sets[key])
-    log("split: " + ", ".join(f"{k} {len(v)}" for k, v in sets.items()) + f" -> {OUT}/")
+        write_csv(SPLIT / f"{key}.csv", ["file", "label"], sets[key])
+    log("split: " + ", ".join(f"{k} {len(v)}" for k, v in sets.items()) + f" -> {SPLIT}/")

@@ -14,10 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from .common import UserError, atomic_path, log, write_csv
-from .download import RAW
 from .params import Params
-
-OUT = Path("data/submission.csv")
+from .paths import MODEL, RAW, SUBMISSION, prepared
 
 
 def read_ids(path: Path) -> list[int]:
@@ -76,13 +74,10 @@ def check(path: Path, sample: Path, shown: Path | None = None) -> int:
 
 def run(params: Params) -> None:
     # Imported here so that `submit`, which only needs `check`, starts without TensorFlow.
-    from .evaluate import predict_records
-    from .predict import Predictor
-    from .prepare import OUT as PREPARED
-    from .train import MODEL
+    from .predict import Predictor, predict_records
 
     predictor = Predictor(MODEL)
-    p, _, names = predict_records(predictor, PREPARED / "test.tfrecord")
+    p, _, names = predict_records(predictor, prepared("test"))
     by_id = {int(Path(n).stem): float(x) for n, x in zip(names, p)}
     sample = RAW / "sample_submission.csv"
     ids = sorted(read_ids(sample))
@@ -91,7 +86,7 @@ def run(params: Params) -> None:
         log(f"submission: warning: {len(missing)} test image(s) undecodable, given p = 0.5: {missing[:10]}")
     clip = params.submission.clip
     rows = [(i, f"{np.clip(by_id.get(i, 0.5), clip, 1 - clip):.6f}") for i in ids]
-    with atomic_path(OUT) as tmp:
+    with atomic_path(SUBMISSION) as tmp:
         write_csv(tmp, ["id", "label"], rows)
-        check(tmp, sample, shown=OUT)  # a file Kaggle would reject never replaces the last good one
-    log(f"submission: {len(rows)} rows -> {OUT} (clipped to [{clip}, {1 - clip}])")
+        check(tmp, sample, shown=SUBMISSION)  # a file Kaggle would reject never replaces the last good one
+    log(f"submission: {len(rows)} rows -> {SUBMISSION} (clipped to [{clip}, {1 - clip}])")

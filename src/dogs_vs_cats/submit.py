@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 from .common import UserError, log
-from .download import RAW, explain_http_error, kaggle_api
+from .download import explain_http_error, kaggle_api
 from .params import Params, as_dict
+from .paths import RAW
 from .submission import check
 
 UPLOAD_FAILED = "Could not submit to competition"
