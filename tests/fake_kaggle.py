@@ -16,6 +16,7 @@ Faults are switched on per test through `server.fault`:
   score_error     mark new submissions as ERROR
 Run `python tests/fake_kaggle.py` to serve by hand; it prints the environment to use.
 """
+
 from __future__ import annotations
 
 import base64
@@ -87,8 +88,10 @@ class FakeKaggle:
         """Environment that points a `kaggle` subprocess (or `dvc repro`) at this server."""
         env = {
             "KAGGLE_API_ENVIRONMENT": "LOCALHOST",
-            "HTTP_PROXY": self.url, "http_proxy": self.url,
-            "NO_PROXY": "", "no_proxy": "",
+            "HTTP_PROXY": self.url,
+            "http_proxy": self.url,
+            "NO_PROXY": "",
+            "no_proxy": "",
         }
         if token:
             env["KAGGLE_API_TOKEN"] = TOKEN
@@ -174,8 +177,14 @@ class FakeKaggle:
                     return self._error(404, f"no such service {service}")
                 status = server.fault.get("status")
                 if status:
-                    return self._error(status, {401: "Unauthenticated", 403: "You must accept this competition's rules",
-                                                404: "Competition not found"}.get(status, "error"))
+                    return self._error(
+                        status,
+                        {
+                            401: "Unauthenticated",
+                            403: "You must accept this competition's rules",
+                            404: "Competition not found",
+                        }.get(status, "error"),
+                    )
                 if req.get("competitionName") != COMPETITION:
                     return self._error(404, "Competition not found")
                 handler = getattr(self, f"_{method}", None)
@@ -199,9 +208,16 @@ class FakeKaggle:
                 if data is None:
                     return self._error(400, "unknown upload token")
                 ref = len(server.submissions) + 1
-                sub = {"ref": ref, "fileName": "submission.csv", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                       "description": req.get("submissionDescription", ""), "status": "PENDING",
-                       "publicScore": "", "privateScore": "", "_ready": time.monotonic() + 0.5}
+                sub = {
+                    "ref": ref,
+                    "fileName": "submission.csv",
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "description": req.get("submissionDescription", ""),
+                    "status": "PENDING",
+                    "publicScore": "",
+                    "privateScore": "",
+                    "_ready": time.monotonic() + 0.5,
+                }
                 if server.fault.get("score_error"):
                     sub["_error"] = "fault injected"
                 else:
@@ -214,8 +230,15 @@ class FakeKaggle:
                 return self._json(200, {"message": "Successfully submitted", "ref": ref})
 
             def _GetSubmissionLimits(self, req):
-                return self._json(200, {"numToday": len(server.submissions), "numTotal": len(server.submissions),
-                                        "numAllowedNow": 5, "limitedByTotal": False})
+                return self._json(
+                    200,
+                    {
+                        "numToday": len(server.submissions),
+                        "numTotal": len(server.submissions),
+                        "numAllowedNow": 5,
+                        "limitedByTotal": False,
+                    },
+                )
 
             def _ListSubmissions(self, req):
                 out = []
@@ -283,7 +306,7 @@ class FakeKaggle:
                     return
                 view = memoryview(body)
                 for i in range(0, len(body), 1 << 20):
-                    self.wfile.write(view[i:i + (1 << 20)])
+                    self.wfile.write(view[i : i + (1 << 20)])
 
         return Handler
 

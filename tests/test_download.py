@@ -1,4 +1,5 @@
 """The download stage against the fake Kaggle server, driven by the real `kaggle` client."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import time
 
 import pytest
 
-from conftest import BIN, SHARED_COMPETITION, project_env, run_cli
 from fake_kaggle import KEY, USERNAME
+from harness import BIN, SHARED_COMPETITION, project_env, run_cli
 
 EXPECTED = {"train.zip", "test.zip", "sample_submission.csv"}
 
@@ -71,8 +72,13 @@ def test_bad_credentials_401(project, fake_kaggle):
 
 @pytest.mark.parametrize(
     "status, message",
-    [(403, "accept the competition rules at https://www.kaggle.com/competitions/dogs-vs-cats-redux-kernels-edition/rules"),
-     (404, "Kaggle has no competition 'dogs-vs-cats-redux-kernels-edition' (404): check data.competition")],
+    [
+        (
+            403,
+            "accept the competition rules at https://www.kaggle.com/competitions/dogs-vs-cats-redux-kernels-edition/rules",
+        ),
+        (404, "Kaggle has no competition 'dogs-vs-cats-redux-kernels-edition' (404): check data.competition"),
+    ],
 )
 def test_refusals_name_the_fix(project, fake_kaggle, status, message):
     fake_kaggle.fault["status"] = status
@@ -91,8 +97,13 @@ def test_unknown_competition_is_a_404(project, fake_kaggle):
 def test_a_download_killed_midway_leaves_no_archive_and_resumes_next_time(project, fake_kaggle):
     fake_kaggle.fault["stall_at"] = 5 << 20
     env = project_env(fake_kaggle.env(), home=project / "home")
-    proc = subprocess.Popen([str(BIN / "dogs-vs-cats"), "download"], cwd=project, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(BIN / "dogs-vs-cats"), "download"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     partial = project / "data/.download/dogs-vs-cats-redux-kernels-edition.zip"
     deadline = time.monotonic() + 60
     while not (partial.exists() and partial.stat().st_size >= 5 << 20):
@@ -116,6 +127,9 @@ def test_a_connection_that_keeps_dropping_fails_cleanly(project, fake_kaggle):
     assert result.returncode == 1
     assert "run again to resume" in result.stderr and "Traceback" not in result.stderr
     assert_nothing_installed(project)
+    # data.retries = 1: the first request, then exactly one retry resuming where the first was cut.
+    gets = [r for r in fake_kaggle.requests if r.startswith("GET /files/")]
+    assert len(gets) == 2 and gets[1].endswith(f"bytes={1 << 20}-"), gets
 
 
 def test_a_short_body_is_retried_not_accepted(project, fake_kaggle):
@@ -151,24 +165,30 @@ def test_local_source_folder_and_bundle(project, fake_kaggle, tmp_path):
 
 
 def test_a_hung_server_times_out_with_a_clear_line(project, fake_kaggle):
-    fake_kaggle.fault["hang_s"] = 8
-    (project / "params.yaml").write_text("data: {source: kaggle, retries: 0, timeout_s: 1}\n")
-    start = time.monotonic()
-    result = download(project, fake_kaggle)
-    assert result.returncode == 1 and time.monotonic() - start < 8
-    assert "failed" in result.stderr and "run again to resume" in result.stderr
-    assert_nothing_installed(project)
+    fake_kaggle.fault["hang_s"] = 30
+    waited = {}
+    for timeout in (1, 4):
+        (project / "params.yaml").write_text(f"data: {{source: kaggle, retries: 0, timeout_s: {timeout}}}\n")
+        start = time.monotonic()
+        result = download(project, fake_kaggle)
+        waited[timeout] = time.monotonic() - start
+        assert result.returncode == 1 and waited[timeout] < 30
+        assert "failed" in result.stderr and "run again to resume" in result.stderr
+        assert_nothing_installed(project)
+    # The same start-up either way: what differs is the wait, and it is data.timeout_s's difference.
+    assert 2 <= waited[4] - waited[1] <= 4.5, waited
 
 
 def test_a_full_disk_fails_cleanly_and_the_next_run_succeeds(project, fake_kaggle):
     import os
 
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs to fill needs root (CI runs as root)")
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    if sudo and subprocess.run(sudo + ["true"], capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root or passwordless sudo (CI runs as root)")
     (project / "params.yaml").write_text("data: {source: kaggle, retries: 0}\n")
     data = project / "data"
     data.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(data)], check=True)
+    subprocess.run(sudo + ["mount", "-t", "tmpfs", "-o", "size=20m,mode=1777", "tmpfs", str(data)], check=True)
     try:
         result = download(project, fake_kaggle)
         assert result.returncode == 1
@@ -176,7 +196,7 @@ def test_a_full_disk_fails_cleanly_and_the_next_run_succeeds(project, fake_kaggl
         assert len(errors) == 1 and "no space left on the device" in errors[0], result.stderr
         assert not (data / "raw").exists()
     finally:
-        subprocess.run(["umount", str(data)], check=True)
+        subprocess.run(sudo + ["umount", str(data)], check=True)
     result = download(project, fake_kaggle)
     assert result.returncode == 0, result.stderr
     assert (project / "data/raw/train.zip").read_bytes() == (SHARED_COMPETITION / "train.zip").read_bytes()

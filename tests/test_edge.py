@@ -1,4 +1,5 @@
 """Edge deployment: TFLite export, prediction without TensorFlow, and the HTTP service."""
+
 from __future__ import annotations
 
 import csv
@@ -10,20 +11,20 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import keras
 import numpy as np
 import pytest
 
-from conftest import BIN, free_ports, image_bytes, project_env
-
-import keras
+from harness import BIN, ROOT, free_ports, image_bytes, project_env
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A small SqueezeNet with a sharpened head (so answers vary), as .keras and all three TFLite forms."""
+    from dogs_vs_cats import params as P
     from dogs_vs_cats.export import convert
-    from dogs_vs_cats.model import squeezenet, with_tta
     from dogs_vs_cats.images import load_image
+    from dogs_vs_cats.model import squeezenet, with_tta
 
     keras.utils.set_random_seed(0)
     folder = tmp_path_factory.mktemp("models")
@@ -36,7 +37,8 @@ def models(tmp_path_factory):
     paths = {"keras": folder / "model.keras"}
     for form in ("float32", "float16", "int8"):
         paths[form] = folder / f"model_{form}.tflite"
-        paths[form].write_bytes(convert(model, form, x[:16]))
+        # The shipped settings, as the export stage passes them: per-channel int8 by default.
+        paths[form].write_bytes(convert(model, form, x[:16], P.load(ROOT / "params.yaml").export))
     return paths, x
 
 
@@ -56,6 +58,21 @@ def test_tflite_forms_agree_with_keras_and_shrink(models):
         assert Predictor(paths[form]).p_dog(x[:0]).shape == (0,)
 
 
+def test_the_shipped_int8_form_has_one_scale_per_output_channel(models):
+    from dogs_vs_cats.predict import _litert
+
+    paths, _ = models
+    kernels = [
+        d
+        for d in _litert().Interpreter(model_path=str(paths["int8"])).get_tensor_details()
+        if d["dtype"] == np.int8 and len(d["shape"]) == 4
+    ]  # conv kernels: (out, h, w, in)
+    assert len(kernels) >= 26  # conv1, three per fire module, conv10
+    for d in kernels:
+        q = d["quantization_parameters"]
+        assert len(q["scales"]) == d["shape"][q["quantized_dimension"]] > 1, d["name"]
+
+
 def test_predict_with_tflite_needs_no_tensorflow(models, tmp_path):
     paths, _ = models
     (tmp_path / "a.jpg").write_bytes(image_bytes("dog", (120, 90)))
@@ -65,10 +82,27 @@ def test_predict_with_tflite_needs_no_tensorflow(models, tmp_path):
     (tmp_path / "blocker/keras.py").write_text("raise ImportError('Keras is not installed on this device')\n")
     env = project_env({"PYTHONPATH": str(tmp_path / "blocker")})
     out = tmp_path / "p.csv"
-    code = "import sys; from dogs_vs_cats.cli import main; rc = main(sys.argv[1:]); " \
-           "assert 'tensorflow' not in sys.modules or sys.modules['tensorflow'] is None; sys.exit(rc)"
-    result = subprocess.run([sys.executable, "-c", code, "predict", "--model", str(paths["int8"]), str(tmp_path / "a.jpg"),
-                             "--out", str(out)], env=env, capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; from dogs_vs_cats.cli import main; rc = main(sys.argv[1:]); "
+        "assert 'tensorflow' not in sys.modules or sys.modules['tensorflow'] is None; sys.exit(rc)"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "predict",
+            "--model",
+            str(paths["int8"]),
+            str(tmp_path / "a.jpg"),
+            "--out",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     (row,) = list(csv.DictReader(open(out)))
     assert 0 <= float(row["p_dog"]) <= 1
@@ -78,8 +112,21 @@ def test_predict_with_tflite_needs_no_tensorflow(models, tmp_path):
 def service(models):
     paths, _ = models
     (port,) = free_ports()
-    proc = subprocess.Popen([str(BIN / "dogs-vs-cats"), "serve", "--model", str(paths["int8"]), "--port", str(port),
-                             "--max-bytes", "200000"], env=project_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            str(BIN / "dogs-vs-cats"),
+            "serve",
+            "--model",
+            str(paths["int8"]),
+            "--port",
+            str(port),
+            "--max-bytes",
+            "200000",
+        ],
+        env=project_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -103,8 +150,8 @@ def request(port, method, path, body=None, headers=None):
 
 
 def test_service_answers_p_dog_and_label(service, models):
-    from dogs_vs_cats.predict import Predictor
     from dogs_vs_cats.images import load_image
+    from dogs_vs_cats.predict import Predictor
 
     paths, _ = models
     img = image_bytes("dog", (100, 80), seed=3)

@@ -1,4 +1,5 @@
 """dvc.yaml and the code agree: each stage depends on the modules it runs, and writes where paths.py says."""
+
 from __future__ import annotations
 
 import ast
@@ -6,9 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from conftest import ROOT
 from dogs_vs_cats import paths
 from dogs_vs_cats.cli import STAGES
+from harness import ROOT
 
 PACKAGE = ROOT / "src" / "dogs_vs_cats"
 PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

@@ -1,10 +1,10 @@
 """SqueezeNet: the architecture the paper and the demo describe, and the calibration fold."""
+
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 
 from dogs_vs_cats.calibrate import fold_temperature
 from dogs_vs_cats.layers import BatchNorm, fused_batch_norm_wanted, with_keras_batch_norm
@@ -41,6 +41,7 @@ def test_batch_norm_on_squeezes_only_normalises_conv1_and_the_squeezes():
 def _bn_pair(dtype: str):
     """Keras' BatchNormalization and ours, same non-trivial weights, one training step on the same batch."""
     import tensorflow as tf
+
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(2.0, 3.0, (4, 5, 6, 8)), dtype)
     w = tf.constant(rng.normal(size=(4, 5, 6, 8)), "float32")
@@ -55,13 +56,21 @@ def _bn_pair(dtype: str):
             y = layer(x, training=True)
             loss = tf.reduce_sum(tf.cast(y, "float32") * w)
         grads = tape.gradient(loss, [x, layer.gamma.value, layer.beta.value])
-        results.append(dict(y=tf.cast(y, "float32").numpy(), grads=[tf.cast(g, "float32").numpy() for g in grads],
-                            mean=layer.moving_mean.numpy(), var=layer.moving_variance.numpy(), dtype=y.dtype))
+        results.append(
+            dict(
+                y=tf.cast(y, "float32").numpy(),
+                grads=[tf.cast(g, "float32").numpy() for g in grads],
+                mean=layer.moving_mean.numpy(),
+                var=layer.moving_variance.numpy(),
+                dtype=y.dtype,
+            )
+        )
     return results
 
 
 def test_fused_batch_norm_trains_exactly_like_keras_batch_norm():
     import tensorflow as tf
+
     if not fused_batch_norm_wanted():
         pytest.skip("the fused path is only taken by CPU-only TensorFlow")
     # Ours really runs the fused kernel in training (else the comparison below would be Keras against itself).
@@ -151,6 +160,61 @@ def test_fitted_temperature_recovers_the_one_that_made_the_labels():
     assert abs(fit_temperature(views / 3, labels) - 2.0 / 3) < 0.05
 
 
+def test_scipys_temperature_is_the_one_the_old_grid_search_found_to_1e_3():
+    from dogs_vs_cats.calibrate import fit_temperature, p_dog_of_views
+
+    def nll(z, labels, t):
+        p = np.clip(p_dog_of_views(z, t), 1e-7, 1 - 1e-7)
+        return -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+
+    def grid_search(z, labels):  # the hand-written search fit_temperature replaced
+        grid = np.exp(np.linspace(np.log(0.05), np.log(20), 200))
+        best = grid[int(np.argmin([nll(z, labels, t) for t in grid]))]
+        fine = np.linspace(best / 1.05, best * 1.05, 101)
+        return float(fine[int(np.argmin([nll(z, labels, t) for t in fine]))])
+
+    rng = np.random.default_rng(11)
+    for true_t, views in ((0.4, 1), (0.62, 4), (1.0, 2), (3.0, 4), (9.0, 1)):
+        gap = rng.normal(0, 3, (views, 800)) + rng.normal(0, 3, 800)
+        z = np.stack([np.zeros_like(gap), gap], axis=-1)
+        labels = (rng.uniform(size=800) < p_dog_of_views(z, true_t)).astype(int)
+        found, old = fit_temperature(z, labels), grid_search(z, labels)
+        # To 1e-3, or to half the old grid's step where that is coarser (T above 2).
+        assert abs(found - old) <= max(1e-3, old * (1.05 - 1 / 1.05) / 200), (true_t, found, old)
+        assert nll(z, labels, found) <= nll(z, labels, old) + 1e-12  # never a worse fit than the grid's
+
+
+def test_schedule_is_keras_cosine_decay_with_a_linear_warm_up_from_zero():
+    import math
+
+    from dogs_vs_cats import params as P
+    from dogs_vs_cats.recipe import schedule
+
+    steps, peak = 7, 0.003
+    for kind, warmup in (("cosine", 3), ("cosine", 0), ("constant", 2)):
+        t = P.from_dict(
+            {
+                "train": {
+                    "epochs": 10,
+                    "warmup_epochs": warmup,
+                    "learning_rate": peak,
+                    "schedule": kind,
+                    "low_res_size": 0,
+                }
+            }
+        ).train
+        lr = schedule(t, steps)
+        w, total = warmup * steps, 10 * steps
+        for step in range(total + 5):
+            if step < w:
+                want = peak * step / w  # 0 at the first step, as Keras' warm-up starts
+            elif kind == "constant":
+                want = peak
+            else:
+                want = peak * 0.5 * (1 + math.cos(math.pi * min(step - w, total - w) / (total - w)))
+            assert float(lr(step)) == pytest.approx(want, rel=1e-5, abs=1e-9), (kind, warmup, step)
+
+
 def test_flip_tta_averages_image_and_mirror_and_shares_weights():
     keras.utils.set_random_seed(2)
     net = squeezenet("squeezenet1_1", 64)
@@ -214,7 +278,9 @@ def _augment(size: int, **augment):
     from dogs_vs_cats.inputs import augmenter
 
     off = dict(flip=False, crop_scale=1.0, rotation=0.0, contrast=0.0, brightness=0.0, mixup=0.0)
-    fn = augmenter(P.from_dict({"prepare": {"image_size": 32}, "train": {"low_res_size": 0, "augment": {**off, **augment}}}), size)
+    fn = augmenter(
+        P.from_dict({"prepare": {"image_size": 32}, "train": {"low_res_size": 0, "augment": {**off, **augment}}}), size
+    )
     return lambda images, labels, seed=(3, 4): fn(images, labels, tf_seed(seed))
 
 
@@ -248,7 +314,9 @@ def test_crops_rotations_and_colour_change_each_image_differently_within_range()
     tf.random.set_seed(1)
     # A smooth ramp, so a crop or rotation moves values without leaving the image's range.
     ramp = np.linspace(0, 255, 32, dtype=np.float32)[None, None, :, None] * np.ones((16, 32, 1, 3), np.float32)
-    x, y = _augment(24, crop_scale=0.35, rotation=0.05, contrast=0.2, brightness=0.1)(ramp.astype(np.uint8), np.zeros(16, int))
+    x, y = _augment(24, crop_scale=0.35, rotation=0.05, contrast=0.2, brightness=0.1)(
+        ramp.astype(np.uint8), np.zeros(16, int)
+    )
     x = x.numpy()
     assert x.shape == (16, 24, 24, 3) and y.shape == (16, 2)
     assert x.min() >= 0 and x.max() <= 255
@@ -256,6 +324,40 @@ def test_crops_rotations_and_colour_change_each_image_differently_within_range()
     assert len({round(float(v), 3) for v in per_image.std(axis=1)}) == 16  # every image its own crop/colour
     # A crop of a left-to-right ramp still rises left to right (mirroring is off here).
     assert (x[:, 12, -1, 0] > x[:, 12, 0, 0]).all()
+
+
+def test_every_window_of_256_training_examples_is_about_half_dogs_with_more_photos_than_the_buffer(
+    tmp_path, monkeypatch
+):
+    import tensorflow as tf
+
+    from dogs_vs_cats import params as P
+    from dogs_vs_cats.inputs import train_dataset
+    from dogs_vs_cats.records import record
+    from dogs_vs_cats.split import make_split
+
+    n, buffer, window = 3000, 512, 256
+    params = P.from_dict(
+        {
+            "split": {"n_train": n, "n_val": 10, "n_holdout": 10},
+            "prepare": {"image_size": 32},
+            "train": {"batch_size": 50, "low_res_size": 0, "shuffle_buffer": buffer},
+        }
+    )
+    names = {0: [f"train/cat.{i}.jpg" for i in range(n)], 1: [f"train/dog.{i}.jpg" for i in range(n)]}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data/prepared").mkdir(parents=True)
+    pixels = bytes(32 * 32 * 3)
+    with tf.io.TFRecordWriter("data/prepared/train.tfrecord") as w:  # in split's order, as prepare writes them
+        for name, label in make_split(names, params)["train"]:
+            w.write(record(pixels, label, name))
+    batches = iter(train_dataset(params, 32))
+    for epoch in range(2):
+        dogs = np.concatenate([np.argmax(next(batches)[1].numpy(), axis=1) for _ in range(n // 50)])
+        share = np.convolve(dogs, np.ones(window), "valid") / window
+        # One window's share has a standard deviation of at most 0.5 / sqrt(256) = 0.031; a
+        # class-sorted stream gives windows of 0. Five deviations bound the ~12 independent windows.
+        assert share.min() > 0.5 - 5 * 0.031 and share.max() < 0.5 + 5 * 0.031, (epoch, share.min(), share.max())
 
 
 def test_augmentation_depends_only_on_its_seed():
@@ -279,7 +381,9 @@ def test_training_batches_are_the_same_for_the_same_seed_and_change_every_epoch(
         for i in range(40):
             w.write(record(rng.integers(0, 256, 32 * 32 * 3, np.uint8).tobytes(), i % 2, f"cat.{i}.jpg"))
     assert count_records(tmp_path / "data/prepared/train.tfrecord") == 40
-    params = P.from_dict({"prepare": {"image_size": 32}, "train": {"batch_size": 8, "low_res_size": 0, "augment": {"mixup": 0.2}}})
+    params = P.from_dict(
+        {"prepare": {"image_size": 32}, "train": {"batch_size": 8, "low_res_size": 0, "augment": {"mixup": 0.2}}}
+    )
 
     def two_epochs():  # 40 images in batches of 8: 5 steps an epoch, from one endless stream
         tf.keras.utils.set_random_seed(params.train.seed)
@@ -372,8 +476,13 @@ def test_validation_in_memory_scores_as_keras_evaluate_does(tmp_path, monkeypatc
     validation = Validation(params, epochs=[5, 10])
     assert validation.epochs == {5, 10} and len(validation.y) == 70  # two batches of 64: a partial one too
     got = validation(net)
-    want = net.evaluate(images.astype("float32"), keras.utils.to_categorical(np.arange(70) % 2, 2), batch_size=64,
-                        return_dict=True, verbose=0)
+    want = net.evaluate(
+        images.astype("float32"),
+        keras.utils.to_categorical(np.arange(70) % 2, 2),
+        batch_size=64,
+        return_dict=True,
+        verbose=0,
+    )
     for key in ("accuracy", "loss", "log_loss"):
         assert got[f"val_{key}"] == pytest.approx(want[key], abs=1e-4)
     assert got["val_loss"] != pytest.approx(got["val_log_loss"], abs=1e-3)  # the smoothed loss is not the log loss

@@ -1,4 +1,5 @@
 """params.yaml validation: every bad value stops with one line naming the key."""
+
 from __future__ import annotations
 
 import copy
@@ -8,8 +9,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, project_env, run_cli
 from dogs_vs_cats import params as P
+from harness import ROOT, project_env, run_cli
 
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
@@ -36,7 +37,11 @@ def test_shipped_params_file_is_valid_and_matches_the_code_defaults():
     "key, value, expect",
     [
         ("train.learning_rate", -0.1, "train.learning_rate = -0.1 is invalid: expected a number in (0, 10]"),
-        ("train.model", "resnet50", "train.model = 'resnet50' is invalid: expected one of squeezenet1_0, squeezenet1_1"),
+        (
+            "train.model",
+            "resnet50",
+            "train.model = 'resnet50' is invalid: expected one of squeezenet1_0, squeezenet1_1",
+        ),
         ("train.epochs", 2.5, "train.epochs = 2.5 is invalid: expected a whole number"),
         ("train.batch_norm", "yes", "train.batch_norm = 'yes' is invalid: expected true or false"),
         ("split.n_train", 0, "split.n_train = 0 is invalid"),
@@ -45,7 +50,11 @@ def test_shipped_params_file_is_valid_and_matches_the_code_defaults():
         ("train.augment.crop_scale", 1.5, "train.augment.crop_scale = 1.5 is invalid"),
         ("submission.clip", 0.5, "submission.clip = 0.5 is invalid"),
         ("train.validation_freq", 0, "train.validation_freq = 0 is invalid: expected a number in [1, 10000]"),
-        ("train.tta_crop", 1.0, "train.tta_crop = 1.0 is invalid: expected 0 (off) or a fraction of the side in [0.3, 1)"),
+        (
+            "train.tta_crop",
+            1.0,
+            "train.tta_crop = 1.0 is invalid: expected 0 (off) or a fraction of the side in [0.3, 1)",
+        ),
         ("train.ema", 0.5, "train.ema = 0.5 is invalid: expected 0 (off) or a decay per step in [0.9, 1)"),
         ("train.learning_rate", float("nan"), "expected a finite number"),
     ],
@@ -86,12 +95,18 @@ def test_cli_prints_one_line_and_exits_nonzero_on_a_bad_params_file(tmp_path):
 
 # Values of every YAML type, to throw at every key.
 yaml_values = st.one_of(
-    st.none(), st.booleans(), st.integers(-10**9, 10**9), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=12), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**9), 10**9),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
 )
 leaf_keys = sorted(
     f"{section}.{k}" if not isinstance(v, dict) else f"{section}.{k}.{kk}"
-    for section, body in DEFAULTS.items() for k, v in body.items()
+    for section, body in DEFAULTS.items()
+    for k, v in body.items()
     for kk in (v if isinstance(v, dict) else [None])
 )
 
@@ -114,7 +129,9 @@ def test_fuzz_any_value_gives_a_valid_config_or_one_clean_error(key, value):
 
 
 @settings(max_examples=100, deadline=None)
-@given(raw=st.one_of(yaml_values, st.dictionaries(st.sampled_from(list(DEFAULTS) + ["extra"]), yaml_values, max_size=4)))
+@given(
+    raw=st.one_of(yaml_values, st.dictionaries(st.sampled_from(list(DEFAULTS) + ["extra"]), yaml_values, max_size=4))
+)
 def test_fuzz_whole_documents_never_raise_anything_but_param_error(raw):
     try:
         P.from_dict(raw)

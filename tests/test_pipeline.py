@@ -1,4 +1,5 @@
 """End to end: `dvc repro` in a fresh git repository, the real kaggle client, the fake Kaggle server."""
+
 from __future__ import annotations
 
 import csv
@@ -9,15 +10,30 @@ import zipfile
 
 import pytest
 
-from conftest import BIN, ROOT, SHARED_COMPETITION, copy_project, free_ports, image_bytes, project_env, run_cli, set_params
 from dogs_vs_cats.cli import STAGES
 from dogs_vs_cats.submission import check
+from harness import (
+    BIN,
+    ROOT,
+    SHARED_COMPETITION,
+    copy_project,
+    free_ports,
+    image_bytes,
+    project_env,
+    run_cli,
+    set_params,
+)
 
 SMALL = {
-    "split.n_train": 100, "split.n_val": 40, "split.n_holdout": 40,
+    "split.n_train": 100,
+    "split.n_val": 40,
+    "split.n_holdout": 40,
     "prepare.image_size": 64,
-    "train.epochs": 2, "train.warmup_epochs": 1, "train.batch_size": 25,
-    "train.low_res_size": 48, "train.low_res_epochs": 1,  # progressive resizing, as by default
+    "train.epochs": 2,
+    "train.warmup_epochs": 1,
+    "train.batch_size": 25,
+    "train.low_res_size": 48,
+    "train.low_res_epochs": 1,  # progressive resizing, as by default
 }
 
 
@@ -39,14 +55,21 @@ def repro(tmp_path_factory):
         first = dvc(["repro"], project, env)
         status = dvc(["status"], project, env)
         second = dvc(["repro"], project, env)
-        yield {"project": project, "env": env, "first": first, "status": status, "second": second,
-               "requests": list(fake.requests), "fake": fake}
+        yield {
+            "project": project,
+            "env": env,
+            "first": first,
+            "status": status,
+            "second": second,
+            "requests": list(fake.requests),
+            "fake": fake,
+        }
 
 
 def test_repro_runs_every_stage_against_the_fake_kaggle(repro):
     first = repro["first"]
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    for stage in ("download", "split", "prepare", "train", "evaluate", "submission"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in first.stdout
     assert "/v1/competitions.CompetitionApiService/DownloadDataFiles" in repro["requests"]
 
@@ -86,6 +109,18 @@ def test_stage_outputs_exist_and_make_sense(repro):
     roc = list(csv.DictReader(open(p / "metrics/plots/roc.csv")))
     assert float(roc[0]["fpr"]) == 0 and float(roc[-1]["tpr"]) == 1
 
+    export = json.loads((p / "metrics/export.json").read_text())
+    assert set(export) == {"keras", "float32", "float16", "int8", "int8_vs_keras"}
+    for form in ("float32", "float16", "int8"):
+        assert export[form]["bytes"] == (p / f"data/export/model_{form}.tflite").stat().st_size
+        # The .tflite files score the same 40 holdout photos as the Keras model, inside LiteRT.
+        assert abs(export[form]["accuracy"] - ev["holdout"]["accuracy"]) <= (0.0 if form == "float32" else 0.05), form
+    assert (
+        export["keras"]["accuracy"] == ev["holdout"]["accuracy"]
+        and export["keras"]["log_loss"] == ev["holdout"]["log_loss"]
+    )
+    assert export["int8"]["bytes"] * 3 < export["keras"]["bytes"]
+
     sub = p / "data/submission.csv"
     assert check(sub, SHARED_COMPETITION / "sample_submission.csv") == 500
     rows = list(csv.reader(open(sub)))
@@ -115,8 +150,18 @@ def test_plots_render_the_demo_figure_and_the_holdout_curves(repro):
 def test_the_trained_model_predicts_new_images(repro, tmp_path):
     (tmp_path / "a.jpg").write_bytes(image_bytes("cat", (200, 150)))
     out = tmp_path / "p.csv"
-    result = run_cli(["predict", "--model", str(repro["project"] / "data/model/model.keras"), str(tmp_path / "a.jpg"),
-                      "--out", str(out)], repro["project"], env=repro["env"])
+    result = run_cli(
+        [
+            "predict",
+            "--model",
+            str(repro["project"] / "data/model/model.keras"),
+            str(tmp_path / "a.jpg"),
+            "--out",
+            str(out),
+        ],
+        repro["project"],
+        env=repro["env"],
+    )
     assert result.returncode == 0, result.stderr
     (row,) = list(csv.DictReader(open(out)))
     assert 0 < float(row["p_dog"]) < 1
@@ -174,7 +219,9 @@ def test_rerunning_prepare_on_the_same_inputs_does_not_retrain(repro):
     assert digests() == before
     assert json.loads(dvc(["status", "--json"], p, env).stdout) == {}
 
+
 # --- Kaggle upload ------------------------------------------------------------------------------
+
 
 def submit(repro, fake, *args):
     env = dict(repro["env"], **fake.env())
@@ -209,11 +256,13 @@ def test_submit_refuses_a_malformed_file_and_sends_nothing(repro, tmp_path):
 
 @pytest.mark.parametrize(
     "fault, words",
-    [({"reject_upload": True}, "storage refused the upload; nothing was submitted"),
-     ({"status": 401}, "rejected the credentials (401)"),
-     ({"status": 403}, "accept the competition rules"),
-     ({"status": 404}, "has no competition"),
-     ({"score_error": True}, "Kaggle could not score")],
+    [
+        ({"reject_upload": True}, "storage refused the upload; nothing was submitted"),
+        ({"status": 401}, "rejected the credentials (401)"),
+        ({"status": 403}, "accept the competition rules"),
+        ({"status": 404}, "has no competition"),
+        ({"score_error": True}, "Kaggle could not score"),
+    ],
 )
 def test_submit_failures_are_one_clear_line(repro, fault, words):
     from fake_kaggle import FakeKaggle
@@ -243,9 +292,15 @@ def test_credentials_never_reach_outputs_logs_or_descriptions(repro):
 
 # --- The DVC workflow: experiments, diffs, remotes (these commit in the shared project: keep them last) ---
 
+
 def git(project, *args):
-    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=project,
-                          capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 def test_experiment_then_metrics_params_and_plots_diff_between_commits(repro, tmp_path):
@@ -254,9 +309,28 @@ def test_experiment_then_metrics_params_and_plots_diff_between_commits(repro, tm
     git(p, "commit", "-qm", "baseline run")
     base = git(p, "rev-parse", "HEAD").strip()
 
-    run = dvc(["exp", "run", "-n", "v10", "-S", "train.epochs=1", "-S", "train.warmup_epochs=0",
-               "-S", "train.model=squeezenet1_0", "-S", "train.batch_norm=false", "-S", "train.bypass=false",
-               "-S", "train.low_res_size=0"], p, env)
+    run = dvc(
+        [
+            "exp",
+            "run",
+            "-n",
+            "v10",
+            "-S",
+            "train.epochs=1",
+            "-S",
+            "train.warmup_epochs=0",
+            "-S",
+            "train.model=squeezenet1_0",
+            "-S",
+            "train.batch_norm=false",
+            "-S",
+            "train.bypass=false",
+            "-S",
+            "train.low_res_size=0",
+        ],
+        p,
+        env,
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     shown = dvc(["exp", "show", "--csv"], p, env)
     assert shown.returncode == 0
@@ -305,11 +379,24 @@ def screenshot_renders(page, png):
     page = page.with_name("offline.html")
     page.write_text(html)
     subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={png.parent / 'chromium-profile'}", "--window-size=1400,2400",
-         "--virtual-time-budget=15000", f"--screenshot={png}", page.as_uri()],
-        capture_output=True, timeout=120,
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={png.parent / 'chromium-profile'}",
+            "--window-size=1400,2400",
+            "--virtual-time-budget=15000",
+            f"--screenshot={png}",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
     )
     pixels = np.asarray(Image.open(png).convert("L"), dtype=np.float64)
     # Vega draws axes, lines and labels: a rendered page has many non-white pixels.
@@ -325,14 +412,18 @@ def test_push_then_pull_restores_every_output(repro):
     pushed = dvc(["push"], p, env)
     assert pushed.returncode == 0, pushed.stderr
     outputs = ["data/raw", "data/split", "data/prepared", "data/model", "data/submission.csv", "data/export"]
-    before = {o: (p / o).stat().st_size if (p / o).is_file() else sorted(f.name for f in (p / o).iterdir()) for o in outputs}
+    before = {
+        o: (p / o).stat().st_size if (p / o).is_file() else sorted(f.name for f in (p / o).iterdir()) for o in outputs
+    }
     for o in outputs:
         shutil.rmtree(p / o) if (p / o).is_dir() else (p / o).unlink()
     shutil.rmtree(p / ".dvc/cache")
     assert "deleted" in dvc(["status"], p, env).stdout
     pulled = dvc(["pull"], p, env)
     assert pulled.returncode == 0, pulled.stderr
-    after = {o: (p / o).stat().st_size if (p / o).is_file() else sorted(f.name for f in (p / o).iterdir()) for o in outputs}
+    after = {
+        o: (p / o).stat().st_size if (p / o).is_file() else sorted(f.name for f in (p / o).iterdir()) for o in outputs
+    }
     assert after == before
     assert "Data and pipelines are up to date" in dvc(["status"], p, env).stdout
 
@@ -343,18 +434,25 @@ def test_s3_remote_round_trip_through_a_local_s3_server(repro, tmp_path):
     import time
 
     import boto3  # moto[server] of the test extra brings it
+
     (port,) = free_ports()
-    server = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         endpoint = f"http://127.0.0.1:{port}"
         creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
         deadline = time.monotonic() + 30
         while True:
             try:
-                boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in creds.items()
-                                                            if k != "AWS_DEFAULT_REGION"},
-                             region_name="us-east-1").create_bucket(Bucket="team")
+                boto3.client(
+                    "s3",
+                    endpoint_url=endpoint,
+                    **{k.lower(): v for k, v in creds.items() if k != "AWS_DEFAULT_REGION"},
+                    region_name="us-east-1",
+                ).create_bucket(Bucket="team")
                 break
             except Exception:
                 assert time.monotonic() < deadline, "moto_server did not start"
@@ -367,8 +465,13 @@ def test_s3_remote_round_trip_through_a_local_s3_server(repro, tmp_path):
         assert dvc(["remote", "modify", "team", "endpointurl", endpoint], p, env).returncode == 0
         pushed = dvc(["push", "-r", "team", "data/model"], p, env)
         assert pushed.returncode == 0, pushed.stderr
-        listed = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                              region_name="us-east-1").list_objects_v2(Bucket="team")
+        listed = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        ).list_objects_v2(Bucket="team")
         assert listed.get("KeyCount", 0) >= 1
         original = (p / "data/model/model.keras").read_bytes()
         shutil.rmtree(p / "data/model")

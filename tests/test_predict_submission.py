@@ -1,4 +1,5 @@
 """`dogs-vs-cats predict` on a real (tiny, untrained) saved model, and submission checks."""
+
 from __future__ import annotations
 
 import csv
@@ -6,14 +7,15 @@ import csv
 import numpy as np
 import pytest
 
-from conftest import image_bytes, run_cli
 from dogs_vs_cats.common import UserError
 from dogs_vs_cats.submission import check
+from harness import image_bytes, run_cli
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     import keras
+
     from dogs_vs_cats.model import squeezenet, with_tta
 
     keras.utils.set_random_seed(0)
@@ -38,7 +40,12 @@ def test_predict_writes_file_and_p_dog_for_files_and_folders(tmp_path, model_pat
     result = run_cli(["predict", "--model", str(model_path), str(imgs), str(single), "--out", str(out)], tmp_path)
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(open(out)))
-    assert [r["file"] for r in rows] == [str(imgs / "a.jpg"), str(imgs / "c.JPEG"), str(imgs / "sub/b.png"), str(single)]
+    assert [r["file"] for r in rows] == [
+        str(imgs / "a.jpg"),
+        str(imgs / "c.JPEG"),
+        str(imgs / "sub/b.png"),
+        str(single),
+    ]
     p = np.array([float(r["p_dog"]) for r in rows])
     assert ((0 <= p) & (p <= 1)).all() and p.std() > 0
 
@@ -66,13 +73,19 @@ def test_predict_skips_bad_files_in_a_folder_but_refuses_a_bad_file_given_direct
 
 def test_predict_with_a_missing_or_empty_model_names_it(tmp_path):
     (tmp_path / "a.jpg").write_bytes(image_bytes())
-    result = run_cli(["predict", "--model", str(tmp_path / "nope.keras"), str(tmp_path / "a.jpg"), "--out", "o.csv"], tmp_path)
+    result = run_cli(
+        ["predict", "--model", str(tmp_path / "nope.keras"), str(tmp_path / "a.jpg"), "--out", "o.csv"], tmp_path
+    )
     assert result.returncode == 1 and f"{tmp_path / 'nope.keras'}: model file not found" in result.stderr
     (tmp_path / "empty.keras").write_bytes(b"")
-    result = run_cli(["predict", "--model", str(tmp_path / "empty.keras"), str(tmp_path / "a.jpg"), "--out", "o.csv"], tmp_path)
+    result = run_cli(
+        ["predict", "--model", str(tmp_path / "empty.keras"), str(tmp_path / "a.jpg"), "--out", "o.csv"], tmp_path
+    )
     assert result.returncode == 1 and "model file is empty" in result.stderr
     (tmp_path / "junk.keras").write_bytes(b"junk")
-    result = run_cli(["predict", "--model", str(tmp_path / "junk.keras"), str(tmp_path / "a.jpg"), "--out", "o.csv"], tmp_path)
+    result = run_cli(
+        ["predict", "--model", str(tmp_path / "junk.keras"), str(tmp_path / "a.jpg"), "--out", "o.csv"], tmp_path
+    )
     assert result.returncode == 1 and "junk.keras: cannot load model" in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -5,6 +5,7 @@ label smoothing and weight decay is rarely calibrated. Temperature scaling (Guo 
 2017) divides the logits by one number T that minimises validation log loss; it changes
 no prediction's class, only its confidence.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,16 +28,18 @@ def p_dog_of_views(view_logits: np.ndarray, temperature: float = 1.0) -> np.ndar
 
 
 def fit_temperature(view_logits: np.ndarray, labels: np.ndarray) -> float:
-    """The T minimising validation log loss of `p_dog_of_views(view_logits, T)`."""
-    def nll(t):
-        p = np.clip(p_dog_of_views(view_logits, t), 1e-7, 1 - 1e-7)
+    """The T in [0.05, 20] minimising validation log loss of `p_dog_of_views(view_logits, T)`.
+
+    Searched over log T, where the loss is smooth and nearly convex: Brent's bounded method.
+    """
+    from scipy.optimize import minimize_scalar
+
+    def nll(log_t):
+        p = np.clip(p_dog_of_views(view_logits, np.exp(log_t)), 1e-7, 1 - 1e-7)
         return -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
 
-    # A 1-D convex-ish problem: a log-spaced grid then a fine one around the best is robust and exact enough.
-    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 200))
-    best = grid[int(np.argmin([nll(t) for t in grid]))]
-    fine = np.linspace(best / 1.05, best * 1.05, 101)
-    return float(fine[int(np.argmin([nll(t) for t in fine]))])
+    best = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-6})
+    return float(np.exp(best.x))
 
 
 def view_logits(net, views: TestTimeViews, path: Path, image_size: int):
@@ -44,8 +47,8 @@ def view_logits(net, views: TestTimeViews, path: Path, image_size: int):
     head = keras.Model(net.input, net.get_layer("avgpool10").output)
     zs, ys = [], []
     # predict_on_batch runs a compiled graph, which frees each activation once used. Called eagerly,
-    # the functional model keeps every layer's output of the batch until the end: at 227 px, 128
-    # images (512 views) at a time grew past 17 GB before the train stage was killed (bench/memory).
+    # the functional model keeps every layer's output of the batch until the call ends, which at
+    # competition sizes exhausted memory (bench/memory.py found it; docs/scaling.md).
     for x, y, _ in read_records(path, image_size).batch(32):
         z = np.asarray(head.predict_on_batch(views(tf.cast(x, tf.float32))), dtype=np.float64)
         zs.append(z.reshape(views.count, -1, z.shape[-1]))

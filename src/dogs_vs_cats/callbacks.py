@@ -3,6 +3,7 @@
 Together they make training resumable: a killed run restarts from its last epoch's
 checkpoint, average and log, as long as its params and prepared data are unchanged.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,9 +31,10 @@ class Validation:
     """The validation images in memory, scored by the training net with the compiled loss and metrics.
 
     Not fit()'s `validation_data`: Keras drops the tf.data iterator it made at the end of the
-    previous pass and makes another for every pass, and on this 2-core machine dropping one
-    blocked for 5-56 s at some validated epochs (a py-spy profile: `EpochIterator.reset`).
+    previous pass and makes another for every pass, and on a 2-core machine dropping one
+    blocked for seconds at some validated epochs (a py-spy profile: `EpochIterator.reset`).
     """
+
     def __init__(self, params: Params, epochs: list[int]):
         xs, ys = [], []
         for x, y, _ in read_records(prepared("val"), params.prepare.image_size).batch(256):
@@ -49,10 +51,12 @@ class Validation:
         # runs the batch on every worker and returns all their answers, concatenated.
         if self._net is not net:
             self._net, self._forward = net, tf.function(lambda x: net(x, training=False), reduce_retracing=True)
-        probs = np.concatenate([
-            np.asarray(self._forward(self.x[i:i + self.batch].astype(np.float32)), dtype=np.float32)
-            for i in range(0, len(self.y), self.batch)
-        ])
+        probs = np.concatenate(
+            [
+                np.asarray(self._forward(self.x[i : i + self.batch].astype(np.float32)), dtype=np.float32)
+                for i in range(0, len(self.y), self.batch)
+            ]
+        )
         return {
             "val_accuracy": float(np.mean(np.argmax(probs, axis=1) == self.y)),
             "val_loss": float(net.loss(self.onehot, probs)),  # the compiled (label-smoothed) loss
@@ -71,6 +75,7 @@ class WeightAverage(keras.callbacks.Callback):
     two consistent without a recalibration pass. The net trains on its own weights; the
     average is only read at the end.
     """
+
     def __init__(self, decay: float, start: int):
         super().__init__()
         self.decay, self.start = decay, start
@@ -104,7 +109,7 @@ class WeightAverage(keras.callbacks.Callback):
 
     def save(self, path: Path) -> None:
         with atomic_path(path, suffix=".npz") as tmp:
-            np.savez(tmp, updates=self.updates, *self.weights())
+            np.savez(tmp, *self.weights(), updates=self.updates)
 
     def load(self, path: Path) -> bool:
         """Restore a saved average (resume); False if there is none that fits this model."""
@@ -124,6 +129,7 @@ class WeightAverage(keras.callbacks.Callback):
 
 class EpochState(keras.callbacks.Callback):
     """Time the training steps, validate on the validated epochs, log each epoch atomically, checkpoint for resume."""
+
     def __init__(self, fp: str, history: list[dict], validation: Validation, average: WeightAverage | None):
         super().__init__()
         self.fp, self.history, self.validation, self.average = fp, history, validation, average

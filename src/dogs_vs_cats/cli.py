@@ -1,4 +1,5 @@
 """`dogs-vs-cats STAGE`: the single entry point every dvc.yaml stage calls."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """Small helpers every stage needs: the user-facing error type, atomic writes, progress, the CPU."""
+
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +9,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
 
 # The CPU flags of native bf16 arithmetic (AVX-512 BF16, AMX): where mixed_bfloat16 pays.
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})

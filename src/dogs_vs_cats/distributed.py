@@ -3,6 +3,7 @@
 Keras 3's fit() fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), so
 `fit_replicated` is a training loop of our own, used only there.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,10 +44,15 @@ def fit_replicated(net, strategy, params: Params, size: int, steps: int, epochs:
             f"params.yaml: train.batch_size = {t.batch_size} is invalid for {replicas} replicas: "
             "expected a multiple of the replica count (TF_CONFIG's workers times each one's devices)"
         )
-    data = strategy.distribute_datasets_from_function(lambda ctx: train_dataset(
-        params, size, (ctx.input_pipeline_id, ctx.num_input_pipelines), ctx.get_per_replica_batch_size(t.batch_size)))
+    data = strategy.distribute_datasets_from_function(
+        lambda ctx: train_dataset(
+            params, size, (ctx.input_pipeline_id, ctx.num_input_pipelines), ctx.get_per_replica_batch_size(t.batch_size)
+        )
+    )
 
-    statistics = [v for v in net.non_trainable_variables if keras.backend.is_float_dtype(v.dtype)]  # not the dropout seed
+    statistics = [
+        v for v in net.non_trainable_variables if keras.backend.is_float_dtype(v.dtype)
+    ]  # not the dropout seed
 
     def step(x, y):
         with tf.GradientTape() as tape:
@@ -60,10 +66,18 @@ def fit_replicated(net, strategy, params: Params, size: int, steps: int, epochs:
         # (a few thousand numbers beside the gradients' 700k), they follow the global batch and are
         # the same on every worker, so every worker's checkpoint and model are the same.
         ctx = tf.distribute.get_replica_context()
-        for v, mean in zip(statistics, ctx.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v) for v in statistics])):
+        for v, mean in zip(
+            statistics, ctx.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v) for v in statistics])
+        ):
             v.assign(mean)
-        return tf.stack([tf.reduce_sum(per_image), tf.reduce_sum(keras.metrics.categorical_accuracy(y, p)),
-                         tf.reduce_sum(keras.losses.categorical_crossentropy(y, p)), tf.cast(tf.shape(y)[0], tf.float32)])
+        return tf.stack(
+            [
+                tf.reduce_sum(per_image),
+                tf.reduce_sum(keras.metrics.categorical_accuracy(y, p)),
+                tf.reduce_sum(keras.losses.categorical_crossentropy(y, p)),
+                tf.cast(tf.shape(y)[0], tf.float32),
+            ]
+        )
 
     @tf.function
     def train_step(iterator):
@@ -82,5 +96,7 @@ def fit_replicated(net, strategy, params: Params, size: int, steps: int, epochs:
         loss, correct, log_loss, n = total.numpy()
         logs = {"accuracy": correct / n, "log_loss": log_loss / n, "loss": loss / n}
         hooks.on_epoch_end(epoch, logs)
-        log(f"Epoch {epoch + 1}/{epochs} - {time.monotonic() - start:.0f}s - "
-            + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
+        log(
+            f"Epoch {epoch + 1}/{epochs} - {time.monotonic() - start:.0f}s - "
+            + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+        )

@@ -8,6 +8,7 @@ The client writes straight into its target file, so it downloads into a staging
 folder outside DVC's outputs: an interrupted run leaves a partial there that the
 client can resume, and `data/raw/` only ever receives checked, complete archives.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,7 +23,8 @@ from pathlib import Path
 
 from .common import UserError, log
 from .params import Params
-from .paths import DOWNLOAD_STAGING as STAGING, RAW
+from .paths import DOWNLOAD_STAGING as STAGING
+from .paths import RAW
 
 FILES = ("train.zip", "test.zip", "sample_submission.csv")
 
@@ -64,9 +66,7 @@ def explain_http_error(exc: Exception, competition: str) -> UserError | None:
             f"https://www.kaggle.com/competitions/{competition}/rules and run again"
         )
     if status == 404:
-        return UserError(
-            f"Kaggle has no competition '{competition}' (404): check data.competition in params.yaml"
-        )
+        return UserError(f"Kaggle has no competition '{competition}' (404): check data.competition in params.yaml")
     return UserError(f"Kaggle answered HTTP {status} for '{competition}': {exc}; try again later")
 
 
@@ -104,8 +104,7 @@ def _extract_bundle(bundle: Path, dest: Path) -> None:
         missing = [f for f in FILES if f not in by_base]
         if missing:
             raise UserError(
-                f"{bundle}: lacks {', '.join(missing)}; expected Kaggle's competition zip "
-                f"holding {', '.join(FILES)}"
+                f"{bundle}: lacks {', '.join(missing)}; expected Kaggle's competition zip holding {', '.join(FILES)}"
             )
         for f in FILES:
             with zf.open(by_base[f]) as src, open(dest / f, "wb") as out:
@@ -172,8 +171,15 @@ def _fetch(api, competition: str, bundle: Path, retries: int, timeout_s: float) 
         if not response.url.split("?")[0].endswith(".zip"):
             raise UserError(f"Kaggle served '{competition}' as {response.url.split('?')[0]}, not a zip; report this")
         if api.download_needed(response, str(bundle), quiet=False):
-            api.download_file(response, str(bundle), kaggle.http_client(), quiet=False, resume=True,
-                              max_retries=retries, timeout=timeout_s)
+            api.download_file(
+                response,
+                str(bundle),
+                kaggle.http_client(),
+                quiet=False,
+                resume=True,
+                max_retries=retries,
+                timeout=timeout_s,
+            )
 
 
 def _from_kaggle(competition: str, retries: int, timeout_s: float) -> None:
@@ -189,7 +195,8 @@ def _from_kaggle(competition: str, retries: int, timeout_s: float) -> None:
     except Exception as exc:  # the client raises requests/ValueError/OSError variants
         if _disk_full(exc):
             raise UserError(
-                f"no space left on the device holding {STAGING}/ ({shutil.disk_usage(STAGING.parent).free >> 20} MiB free); "
+                f"no space left on the device holding {STAGING}/ "
+                f"({shutil.disk_usage(STAGING.parent).free >> 20} MiB free); "
                 "free some space and run again to resume"
             ) from None
         explained = explain_http_error(exc, competition)

@@ -3,15 +3,16 @@
 The holdout set is touched by nothing else in the pipeline (the temperature is
 fitted on validation), so its figures are the honest ones.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import numpy as np
 from sklearn import metrics as skm
 
 from .common import scores, write_csv, write_json
 from .params import Params
-from .paths import EVAL_METRICS, EVAL_PLOTS as PLOTS, MODEL, prepared
+from .paths import EVAL_METRICS, MODEL, prepared
+from .paths import EVAL_PLOTS as PLOTS
 from .predict import Predictor, predict_records
 
 

@@ -4,6 +4,7 @@ Free of TensorFlow on purpose: a Raspberry Pi runs `predict` and `serve` with nu
 Pillow and a LiteRT interpreter only. Sharing one definition means training and
 inference can never drift apart.
 """
+
 from __future__ import annotations
 
 import io
@@ -50,5 +51,3 @@ def load_image(data: bytes, size: int) -> np.ndarray:
         img = Image.alpha_composite(background, rgba)
     img = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
-
-

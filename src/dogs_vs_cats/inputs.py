@@ -3,6 +3,7 @@
 Augmentation runs on whole batches inside tf.data, in parallel with the training step,
 and every random draw is seeded per batch, so the same seed gives the same batches.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,7 @@ def augmenter(params: Params, size: int):
     Random-resized crop, mirror, rotation and the resize to `size` are folded into one affine
     map per image and applied in a single bilinear resampling of the batch. Per-image ops
     (crop, then resize, then rotate) cost three resamplings and thousands of small op calls
-    per epoch; at 128 px they no longer kept up with the training step on 2 cores (bench/speed).
+    per epoch; at 128 px they no longer kept up with the training step on 2 cores (bench/speed.py).
     """
     a = params.train.augment
     src = params.prepare.image_size
@@ -63,14 +64,20 @@ def augmenter(params: Params, size: int):
         *geo_seeds, bright_seed, contrast_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 8))
         if geometric:
             x = tf.raw_ops.ImageProjectiveTransformV3(
-                images=x, transforms=affine(n, geo_seeds), output_shape=[size, size], fill_value=0.0,
-                interpolation="BILINEAR", fill_mode="REFLECT",
+                images=x,
+                transforms=affine(n, geo_seeds),
+                output_shape=[size, size],
+                fill_value=0.0,
+                interpolation="BILINEAR",
+                fill_mode="REFLECT",
             )
         if a.brightness > 0:
             x = x + tf.random.stateless_uniform([n, 1, 1, 1], bright_seed, -a.brightness, a.brightness) * 255.0
         if a.contrast > 0:
             mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
-            x = (x - mean) * tf.random.stateless_uniform([n, 1, 1, 1], contrast_seed, 1 - a.contrast, 1 + a.contrast) + mean
+            x = (x - mean) * tf.random.stateless_uniform(
+                [n, 1, 1, 1], contrast_seed, 1 - a.contrast, 1 + a.contrast
+            ) + mean
         return tf.clip_by_value(x, 0.0, 255.0), tf.one_hot(labels, 2)
 
     return augment
@@ -82,6 +89,7 @@ def mixup(alpha: float):
     Each pair gets its own weight from Beta(alpha, alpha), drawn as a ratio of two
     gamma variates since TensorFlow has no Beta sampler.
     """
+
     def mix(x, y, seed):
         n = tf.shape(x)[0]
         sa, sb, sp = tf.unstack(tf.random.experimental.stateless_split(seed, 3))

@@ -3,6 +3,7 @@
 Registered with Keras, so a saved model loads wherever this module is imported; `predict`
 imports it for `.keras` files.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,18 +27,23 @@ class BatchNorm(layers.BatchNormalization):
     """Keras' BatchNormalization, trained through TensorFlow's fused kernel.
 
     Keras 3 upcasts bf16 activations to float32 and normalises them with half a dozen
-    separate element-wise ops, each a full pass over memory; on a 2-core CPU that made
-    a bf16 step 1.9-2.2x slower than without batch norm, cancelling most of bf16's gain
-    (README, "bf16 and batch norm"). FusedBatchNormV3 (oneDNN) takes bf16 input directly and
-    normalises in one pass, accumulating in float32 (1.14-1.19x). Same weights, same maths:
+    separate element-wise ops, each a full pass over memory; on a 2-core CPU that cost most
+    of bf16's gain (docs/performance.md). FusedBatchNormV3 (oneDNN) takes bf16 input directly
+    and normalises in one pass, accumulating in float32. Same weights, same maths:
     outputs, gradients and moving statistics match Keras' layer (tests/test_model.py).
     Inference, GPUs, other backends and masked inputs take Keras' own path.
     """
 
     def call(self, inputs, training=None, mask=None):
         fusable = (
-            training and self.trainable and mask is None and self.scale and self.center
-            and len(inputs.shape) == 4 and self.axis in (-1, 3) and fused_batch_norm_wanted()
+            training
+            and self.trainable
+            and mask is None
+            and self.scale
+            and self.center
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and fused_batch_norm_wanted()
         )
         if not fusable:
             return super().call(inputs, training=training, mask=mask)
@@ -45,9 +51,15 @@ class BatchNorm(layers.BatchNormalization):
 
         empty = tf.constant([], "float32")
         y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-            x=inputs, scale=tf.cast(self.gamma, "float32"), offset=tf.cast(self.beta, "float32"),
-            mean=empty, variance=empty, epsilon=self.epsilon, exponential_avg_factor=1.0,
-            data_format="NHWC", is_training=True,
+            x=inputs,
+            scale=tf.cast(self.gamma, "float32"),
+            offset=tf.cast(self.beta, "float32"),
+            mean=empty,
+            variance=empty,
+            epsilon=self.epsilon,
+            exponential_avg_factor=1.0,
+            data_format="NHWC",
+            is_training=True,
         )
         # The kernel returns the unbiased (n - 1) variance; Keras tracks the population one.
         n = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), "float32")
@@ -60,9 +72,14 @@ class BatchNorm(layers.BatchNormalization):
 
 def with_keras_batch_norm(net: keras.Model) -> keras.Model:
     """A copy of `net` with Keras' own BatchNormalization in place of ours (weights not copied): the reference."""
-    return keras.models.clone_model(net, clone_function=lambda layer: (
-        layers.BatchNormalization.from_config(layer.get_config()) if isinstance(layer, BatchNorm)
-        else layer.__class__.from_config(layer.get_config())))
+    return keras.models.clone_model(
+        net,
+        clone_function=lambda layer: (
+            layers.BatchNormalization.from_config(layer.get_config())
+            if isinstance(layer, BatchNorm)
+            else layer.__class__.from_config(layer.get_config())
+        ),
+    )
 
 
 def centre_crop(x, fraction: float):
@@ -72,7 +89,7 @@ def centre_crop(x, fraction: float):
         raise ValueError("centre_crop needs a fixed image size")
     crop = int(round(size * fraction))
     o = (size - crop) // 2
-    return keras.ops.image.resize(x[:, o:o + crop, o:o + crop, :], (size, size), interpolation="bilinear")
+    return keras.ops.image.resize(x[:, o : o + crop, o : o + crop, :], (size, size), interpolation="bilinear")
 
 
 @keras.saving.register_keras_serializable(package="dogs_vs_cats")

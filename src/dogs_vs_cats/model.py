@@ -14,6 +14,7 @@ pooling does not start dead. This changes no parameter count.
 fire3, fire5, fire7 and fire9, where input and output widths match. No parameters are
 added; the paper reports +2.9 points top-1 on ImageNet over the plain net.
 """
+
 from __future__ import annotations
 
 import keras
@@ -24,12 +25,30 @@ from .layers import BatchNorm, MeanOfViews, TestTimeViews
 # (name, squeeze, expand) per fire module, and where the max-pools go.
 _V1_0 = dict(
     stem=(96, 7),
-    fires=[(2, 16, 64), (3, 16, 64), (4, 32, 128), (5, 32, 128), (6, 48, 192), (7, 48, 192), (8, 64, 256), (9, 64, 256)],
+    fires=[
+        (2, 16, 64),
+        (3, 16, 64),
+        (4, 32, 128),
+        (5, 32, 128),
+        (6, 48, 192),
+        (7, 48, 192),
+        (8, 64, 256),
+        (9, 64, 256),
+    ],
     pool_after=(1, 4, 8),  # after conv1, fire4, fire8
 )
 _V1_1 = dict(
     stem=(64, 3),
-    fires=[(2, 16, 64), (3, 16, 64), (4, 32, 128), (5, 32, 128), (6, 48, 192), (7, 48, 192), (8, 64, 256), (9, 64, 256)],
+    fires=[
+        (2, 16, 64),
+        (3, 16, 64),
+        (4, 32, 128),
+        (5, 32, 128),
+        (6, 48, 192),
+        (7, 48, 192),
+        (8, 64, 256),
+        (9, 64, 256),
+    ],
     pool_after=(1, 3, 5),  # after conv1, fire3, fire5
 )
 ARCHITECTURES = {"squeezenet1_0": _V1_0, "squeezenet1_1": _V1_1}
@@ -38,8 +57,13 @@ BYPASSED_FIRES = (3, 5, 7, 9)  # the fires whose input is as wide as their outpu
 
 def _conv(x, filters, kernel, name, batch_norm, strides=1, padding="same"):
     x = layers.Conv2D(
-        filters, kernel, strides=strides, padding=padding, name=name,
-        kernel_initializer="he_uniform", use_bias=not batch_norm,
+        filters,
+        kernel,
+        strides=strides,
+        padding=padding,
+        name=name,
+        kernel_initializer="he_uniform",
+        use_bias=not batch_norm,
     )(x)
     if batch_norm:
         x = BatchNorm(name=f"{name}_bn")(x)
@@ -89,7 +113,9 @@ def squeezenet(
             x = layers.MaxPooling2D(3, strides=2, name=f"pool{fire_id}")(x)
     x = layers.Dropout(dropout, name="drop9")(x)
     x = layers.Conv2D(
-        classes, 1, name="conv10",
+        classes,
+        1,
+        name="conv10",
         kernel_initializer=keras.initializers.RandomNormal(0.0, 0.01),
     )(x)
     if classifier_relu:

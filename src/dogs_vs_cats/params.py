@@ -4,6 +4,7 @@ Every stage calls `load()` and gets typed, range-checked values back. A bad valu
 stops the run with one line naming the key and what it accepts, before any work
 starts, so a typo never costs a half-finished training run.
 """
+
 from __future__ import annotations
 
 import math
@@ -203,9 +204,7 @@ def _build(cls, raw: Any, prefix: str):
         # A key YAML read as a number, or with spaces or control characters, is shown quoted.
         shown = name if isinstance(name, str) and name.isidentifier() else repr(name)
         where = f"{prefix}.{shown}" if prefix else shown
-        raise ParamError(
-            f"params.yaml: unknown key {where}; accepted keys here: {', '.join(known)}"
-        )
+        raise ParamError(f"params.yaml: unknown key {where}; accepted keys here: {', '.join(known)}")
     values = {}
     for name, f in known.items():
         key = f"{prefix}.{name}" if prefix else name

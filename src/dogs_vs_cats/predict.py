@@ -4,6 +4,7 @@ A `.tflite` model needs only a LiteRT interpreter (`ai-edge-litert` or
 `tflite-runtime`), never TensorFlow, so this module imports TensorFlow lazily and
 only for `.keras` files: a Raspberry Pi can run it with numpy, Pillow and LiteRT.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,7 +39,8 @@ def _litert_interpreter(path: str, threads: int | None):
         # XNNPACK refuses some quantised graphs (degenerate scales); the built-in kernels run them all.
         resolver = getattr(runtime, "OpResolverType", None) or runtime.experimental.OpResolverType
         interp = runtime.Interpreter(
-            model_path=path, num_threads=threads,
+            model_path=path,
+            num_threads=threads,
             experimental_op_resolver_type=resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
         )
         interp.allocate_tensors()
@@ -63,7 +65,9 @@ class Predictor:
         except UserError:
             raise
         except Exception as exc:
-            raise UserError(f"{self.path}: cannot load model ({type(exc).__name__}); is it a .keras or .tflite file?") from None
+            raise UserError(
+                f"{self.path}: cannot load model ({type(exc).__name__}); is it a .keras or .tflite file?"
+            ) from None
 
     def _init_keras(self):
         import keras

@@ -7,6 +7,7 @@ so memory stays flat however large the competition is.
 
 Images are decoded by `images.load_image`, as predict and serve decode them.
 """
+
 from __future__ import annotations
 
 import csv

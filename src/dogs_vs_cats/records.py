@@ -3,6 +3,7 @@
 `prepare` writes it; `train`, `evaluate`, `submission` and `export` stream it. The format
 lives here, apart from any stage, so a reader never imports the stage that wrote it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,11 +20,15 @@ def record(pixels: bytes, label: int, name: str) -> bytes:
     """
     import tensorflow as tf
 
-    return tf.train.Example(features=tf.train.Features(feature={
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[pixels])),
-        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-        "name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode()])),
-    })).SerializeToString(deterministic=True)
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[pixels])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+                "name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode()])),
+            }
+        )
+    ).SerializeToString(deterministic=True)
 
 
 def count_records(path: Path) -> int:
@@ -52,6 +57,4 @@ def read_records(path: Path, size: int):
         image = tf.reshape(tf.io.decode_raw(ex["image"], tf.uint8), (size, size, 3))
         return image, tf.cast(ex["label"], tf.int32), ex["name"]
 
-    return tf.data.TFRecordDataset(str(path), buffer_size=8 << 20).map(
-        parse, num_parallel_calls=tf.data.AUTOTUNE
-    )
+    return tf.data.TFRecordDataset(str(path), buffer_size=8 << 20).map(parse, num_parallel_calls=tf.data.AUTOTUNE)

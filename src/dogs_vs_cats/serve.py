@@ -8,6 +8,7 @@ Raspberry Pi without TensorFlow. One interpreter is shared behind a lock: LiteRT
 interpreters are not thread-safe, and on a small device one image at a time is
 what the cores can do anyway.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .common import log
-from .predict import Predictor
 from .images import BadImage, load_image
+from .predict import Predictor
 
 
 def make_server(model: str, host: str, port: int, max_bytes: int) -> ThreadingHTTPServer:
@@ -43,7 +44,9 @@ def make_server(model: str, host: str, port: int, max_bytes: int) -> ThreadingHT
 
         def do_GET(self):
             if self.path == "/health":
-                return self._reply(200, {"status": "ok", "model": str(predictor.path), "image_size": predictor.image_size})
+                return self._reply(
+                    200, {"status": "ok", "model": str(predictor.path), "image_size": predictor.image_size}
+                )
             if self.path == "/predict":
                 return self._error(405, "use POST /predict with the image bytes as the request body")
             return self._error(404, f"no such path {self.path}; POST an image to /predict")

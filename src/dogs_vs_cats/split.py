@@ -3,8 +3,10 @@
 Labels come from Kaggle's file names (`train/cat.N.jpg`, `train/dog.N.jpg`; 1 = dog).
 Each class is shuffled once with the seed and cut holdout first, then validation,
 then training. So growing `n_train` adds training images without moving a single
-validation or holdout image, and experiments stay comparable.
+validation or holdout image, and experiments stay comparable. The training list is
+written in a seeded random order, so the stream `train` reads is mixed at any size.
 """
+
 from __future__ import annotations
 
 import re
@@ -37,8 +39,7 @@ def labelled_names(archive: Path) -> tuple[dict[int, list[str]], list[str]]:
         by_label[int(m.group(1).lower() == "dog")].append((int(m.group(2)), n))
     if not by_label[0] and not by_label[1]:
         raise UserError(
-            f"{archive}: holds no file named like train/cat.N.jpg or train/dog.N.jpg; "
-            "is this Kaggle's train.zip?"
+            f"{archive}: holds no file named like train/cat.N.jpg or train/dog.N.jpg; is this Kaggle's train.zip?"
         )
     return {k: [n for _, n in sorted(v)] for k, v in by_label.items()}, ignored
 
@@ -68,10 +69,15 @@ def make_split(by_label: dict[int, list[str]], params: Params) -> dict[str, list
         start = 0
         for key in ("holdout", "val", "train"):
             k = _per_class(sizes[key])[label]
-            out[key] += [(names[i], label) for i in order[start:start + k]]
+            out[key] += [(names[i], label) for i in order[start : start + k]]
             start += k
-    for key in SETS:
+    for key in ("val", "holdout"):
         out[key].sort()
+    # Training photos in a seeded random order, not sorted: prepare stores them as listed, and
+    # train's shuffle buffer only mixes what lies within its reach, so a class-sorted file would
+    # stream as one class at a time whenever the training set outgrows the buffer.
+    train = sorted(out["train"])
+    out["train"] = [train[i] for i in np.random.default_rng([s.seed, 1]).permutation(len(train))]
     return out
 
 

@@ -5,6 +5,7 @@ answers earn, so probabilities are clipped to [clip, 1 - clip]. A test image tha
 could not be decoded still gets its row (p = 0.5): Kaggle rejects a file with an id
 missing.
 """
+
 from __future__ import annotations
 
 import csv
@@ -54,7 +55,9 @@ def check(path: Path, sample: Path, shown: Path | None = None) -> int:
                     ids.append(int(row[0]))
                     label = float(row[1])
                 except ValueError:
-                    raise UserError(f"{path}: line {lineno}: id must be an integer and label a number, got {row}") from None
+                    raise UserError(
+                        f"{path}: line {lineno}: id must be an integer and label a number, got {row}"
+                    ) from None
                 if math.isnan(label) or not 0.0 <= label <= 1.0:
                     raise UserError(f"{path}: line {lineno}: label {row[1]} must be a probability in [0, 1]")
                 labels.append(label)

@@ -5,6 +5,7 @@ sent, so a malformed file never costs one of the day's submissions. The default
 description records the git revision and the params that differ from the defaults,
 so a leaderboard entry can be traced back to the run that made it.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -30,9 +31,12 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def default_message(params: Params) -> str:
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                               timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         rev, dirty = "", ""
     ours, defaults = _flatten(as_dict(params)), _flatten(as_dict(Params()))

@@ -9,6 +9,7 @@ The architecture is in model.py, the optimiser recipe in recipe.py, the input st
 inputs.py and the multi-worker loop in distributed.py. A run that is killed resumes from
 its last epoch, as long as the params and the prepared data are unchanged.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,8 +22,8 @@ import time
 import keras
 import tensorflow as tf
 
-from .callbacks import EpochState, Validation, WeightAverage, resume
 from .calibrate import fit_temperature, fold_temperature, view_logits
+from .callbacks import EpochState, Validation, WeightAverage, resume
 from .common import atomic_path, log, write_json
 from .distributed import choose_strategy, fit_replicated
 from .inputs import train_dataset
@@ -73,8 +74,13 @@ def fit(params: Params, net, strategy, steps: int, history: list, callbacks: lis
             continue
         net.fit(
             # shuffle=False: the stream shuffles itself, seeded; Keras' default would only warn that it is ignored.
-            train_dataset(params, size), steps_per_epoch=steps, epochs=until, initial_epoch=done, shuffle=False,
-            callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2,
+            train_dataset(params, size),
+            steps_per_epoch=steps,
+            epochs=until,
+            initial_epoch=done,
+            shuffle=False,
+            callbacks=callbacks,
+            verbose=1 if sys.stderr.isatty() else 2,
         )
 
 
@@ -136,17 +142,20 @@ def run(params: Params, callbacks: tuple = ()) -> None:
     ship(params, final)
     last = history[-1] if history else {}
     secs = sorted(epoch_state.train_seconds[1:] or epoch_state.train_seconds)
-    write_json(TRAIN_METRICS, {
-        "model": t.model,
-        "params": int(final.count_params()),
-        "precision": precision,
-        "epochs": len(history),
-        "accuracy": last.get("accuracy"),
-        "val_accuracy": last.get("val_accuracy"),
-        "val_log_loss": last.get("val_log_loss"),
-        "temperature": round(temperature, 4),
-        "train_images_per_s": round(n_train / secs[len(secs) // 2], 1) if secs else None,
-        "wall_s": round(wall, 1),
-    })
+    write_json(
+        TRAIN_METRICS,
+        {
+            "model": t.model,
+            "params": int(final.count_params()),
+            "precision": precision,
+            "epochs": len(history),
+            "accuracy": last.get("accuracy"),
+            "val_accuracy": last.get("val_accuracy"),
+            "val_log_loss": last.get("val_log_loss"),
+            "temperature": round(temperature, 4),
+            "train_images_per_s": round(n_train / secs[len(secs) // 2], 1) if secs else None,
+            "wall_s": round(wall, 1),
+        },
+    )
     shutil.rmtree(TRAIN_STATE, ignore_errors=True)
     log(f"train: done in {wall:.0f}s; temperature {temperature:.3f}; model in {MODEL}")

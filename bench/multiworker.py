@@ -9,8 +9,9 @@ whether all workers ended with the same model, and wall times. On one machine th
 share its cores, so the wall times say what the synchronisation costs here, not what a
 cluster gains.
 
-    .venv/bin/python bench/multiworker [--workers 2] [--epochs 12] [--set KEY=VALUE ...]
+    .venv/bin/python bench/multiworker.py [--workers 2] [--epochs 12] [--set KEY=VALUE ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,18 +25,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "src"))
-from conftest import BIN, SHARED_COMPETITION, copy_project, free_ports, overrides, project_env, set_params  # noqa: E402
-
 from dogs_vs_cats.common import machine  # noqa: E402
+from harness import BIN, bench_arguments, copy_project, free_ports, overrides, project_env, set_params  # noqa: E402
 
 
 def _train(folders: list[Path], env: dict, tf_configs: list[dict] | None = None) -> float:
     """Run the train stage in each folder at once; the wall time until the last one ends."""
     t0 = time.monotonic()
     procs = [
-        subprocess.Popen([str(BIN / "dogs-vs-cats"), "train"], cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         text=True, env=dict(env, TF_CONFIG=json.dumps(tf_configs[i])) if tf_configs else env)
+        subprocess.Popen(
+            [str(BIN / "dogs-vs-cats"), "train"],
+            cwd=folder,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(env, TF_CONFIG=json.dumps(tf_configs[i])) if tf_configs else env,
+        )
         for i, folder in enumerate(folders)
     ]
     errs = [p.communicate()[1] for p in procs]
@@ -46,21 +51,27 @@ def _train(folders: list[Path], env: dict, tf_configs: list[dict] | None = None)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = bench_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=12, help="train.epochs; the first three quarters at train.low_res_size")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
+    ap.add_argument(
+        "--epochs", type=int, default=12, help="train.epochs; the first three quarters at train.low_res_size"
+    )
     args = ap.parse_args()
     if args.workers < 2 or args.epochs < 2:
         ap.error(f"--workers {args.workers} --epochs {args.epochs}: give at least 2 of each")
-    settings = {"data.source": str(SHARED_COMPETITION), "train.epochs": args.epochs,
-                "train.low_res_epochs": args.epochs * 3 // 4, "train.warmup_epochs": 1,
-                "train.validation_freq": args.epochs, **overrides(args.set)}
+    settings = {
+        "data.source": str(args.shared),
+        "train.epochs": args.epochs,
+        "train.low_res_epochs": args.epochs * 3 // 4,
+        "train.warmup_epochs": 1,
+        "train.validation_freq": args.epochs,
+        **overrides(args.set),
+    }
 
     import keras
     import numpy as np
 
-    import dogs_vs_cats.model  # noqa: F401  (registers the model's layers for loading)
+    import dogs_vs_cats.layers  # noqa: F401  (registers the model's layers for loading)
 
     with tempfile.TemporaryDirectory(prefix="bench-multiworker-") as tmp:
         single = copy_project(Path(tmp) / "fit")
@@ -81,17 +92,25 @@ def main() -> int:
 
         def figures(folder: Path, wall: float) -> dict:
             m = json.loads((folder / "metrics/train.json").read_text())
-            return {k: m[k] for k in ("val_accuracy", "val_log_loss", "accuracy", "precision")} | {"wall_s": round(wall, 1)}
+            return {k: m[k] for k in ("val_accuracy", "val_log_loss", "accuracy", "precision")} | {
+                "wall_s": round(wall, 1)
+            }
 
         weights = [keras.models.load_model(f / "data/model/model.keras").get_weights() for f in workers]
         same = all(np.array_equal(a, b) for other in weights[1:] for a, b in zip(weights[0], other))
-        result = {"machine": machine(), "overrides": settings, "fit": figures(single, wall_fit),
-                  "multi_worker": figures(workers[0], wall_workers) | {"workers": args.workers, "identical_models": same}}
+        result = {
+            "machine": machine(),
+            "overrides": settings,
+            "fit": figures(single, wall_fit),
+            "multi_worker": figures(workers[0], wall_workers) | {"workers": args.workers, "identical_models": same},
+        }
     print(json.dumps(result, indent=2))
     f, w = result["fit"], result["multi_worker"]
-    print(f"val accuracy / log loss after {args.epochs} epochs: fit() {f['val_accuracy']:.3f} / {f['val_log_loss']:.3f} "
-          f"in {f['wall_s']:.0f} s; {args.workers} workers {w['val_accuracy']:.3f} / {w['val_log_loss']:.3f} "
-          f"in {w['wall_s']:.0f} s (sharing this machine's cores); workers' models identical: {same}")
+    print(
+        f"val accuracy / log loss after {args.epochs} epochs: fit() {f['val_accuracy']:.3f} / {f['val_log_loss']:.3f} "
+        f"in {f['wall_s']:.0f} s; {args.workers} workers {w['val_accuracy']:.3f} / {w['val_log_loss']:.3f} "
+        f"in {w['wall_s']:.0f} s (sharing this machine's cores); workers' models identical: {same}"
+    )
     return 0 if same else 1
 
 

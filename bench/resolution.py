@@ -4,13 +4,14 @@
 SqueezeNet is fully convolutional, so one set of weights runs at any size. Random-resized
 crops make objects look larger in training than in whole test photos, which is why testing
 somewhat above the training size, or on a zoomed-in centre crop, can pay (Touvron et al.,
-2019, "FixRes"). This script measures both on a project that `bench/accuracy --keep DIR` left
+2019, "FixRes"). This script measures both on a project that `bench/accuracy.py --keep DIR` left
 behind: for each size and `train.tta_crop` it decodes the validation and holdout photos from
 the shared train.zip, refits the temperature on validation (never on holdout) and prints
 accuracy and log loss with the model's test-time views (mirror per `train.tta`, and the crop).
 
-    .venv/bin/python bench/resolution DIR/project 96 112 128 [--tta-crop 0 0.8 0.9]
+    .venv/bin/python bench/resolution.py DIR/project 96 112 128 [--tta-crop 0 0.8 0.9]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,28 +23,30 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared/kaggle/dogs-vs-cats-redux-kernels-edition"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from harness import bench_arguments, overrides, with_overrides  # noqa: E402
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = bench_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     ap.add_argument("project", type=Path, help="a project folder holding data/model and data/split")
     ap.add_argument("sizes", type=int, nargs="+")
     ap.add_argument("--tta-crop", type=float, nargs="+", help="train.tta_crop values to try (default: the project's)")
     args = ap.parse_args()
 
     import keras
-    from dogs_vs_cats import params as P
-    from dogs_vs_cats.common import scores
-    from dogs_vs_cats.model import TestTimeViews, from_params
-    from dogs_vs_cats.prepare import load_image
-    from dogs_vs_cats.train import fit_temperature, p_dog_of_views
 
-    t = P.load(args.project / "params.yaml").train
+    from dogs_vs_cats import params as P
+    from dogs_vs_cats.calibrate import fit_temperature, p_dog_of_views
+    from dogs_vs_cats.common import scores
+    from dogs_vs_cats.images import load_image
+    from dogs_vs_cats.layers import TestTimeViews
+    from dogs_vs_cats.model import from_params
+
+    t = P.from_dict(with_overrides(P.as_dict(P.load(args.project / "params.yaml")), overrides(args.set))).train
     shipped = keras.models.load_model(args.project / "data/model/model.keras")
     inner = next((layer for layer in shipped.layers if isinstance(layer, keras.Model)), shipped)
-    archive = zipfile.ZipFile(SHARED / "train.zip")
+    archive = zipfile.ZipFile(args.shared / "train.zip")
     rows = {s: list(csv.DictReader(open(args.project / f"data/split/{s}.csv"))) for s in ("val", "holdout")}
     results = []
     for size in args.sizes:
@@ -68,7 +71,8 @@ def main() -> int:
                 row[f"{split}_accuracy"], row[f"{split}_log_loss"] = scored["accuracy"], scored["log_loss"]
             results.append(row)
             print(
-                f"{size} px, tta_crop {crop}: val accuracy {row['val_accuracy']:.4f}, log loss {row['val_log_loss']:.4f} | "
+                f"{size} px, tta_crop {crop}: "
+                f"val accuracy {row['val_accuracy']:.4f}, log loss {row['val_log_loss']:.4f} | "
                 f"holdout accuracy {row['holdout_accuracy']:.4f}, log loss {row['holdout_log_loss']:.4f}",
                 flush=True,
             )

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Weight-averaging probe: one training, several moving averages of its weights, each scored.
 
-Re-runs the train stage in a project that `bench/accuracy --keep DIR` left behind (its
+Re-runs the train stage in a project that `bench/accuracy.py --keep DIR` left behind (its
 prepared data and params), exactly as `dvc repro` would, while keeping an exponential moving
 average of the weights (`train.ema`) for each decay given, over the same last phase. Decay 0
 is the trained weights themselves, so every average is compared with the net it came from,
@@ -10,9 +10,10 @@ temperature fitted on validation (never on holdout); the script prints validatio
 holdout accuracy and log loss for each, and writes every step's end time to
 `step_times.csv` beside the project (what a slow epoch spends its time on).
 
-    .venv/bin/python bench/averaging DIR/project --decays 0 0.99 0.995 0.998 0.999
+    .venv/bin/python bench/averaging.py DIR/project --decays 0 0.99 0.995 0.998 0.999
     .venv/bin/python bench/averaging --steps DIR/step_times.csv DIR/project/metrics/train_log.csv
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,6 +23,9 @@ import os
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from harness import bench_arguments, overrides, with_overrides  # noqa: E402
 
 
 def summarize_steps(step_times: Path, train_log: Path) -> dict:
@@ -48,12 +52,16 @@ def summarize_steps(step_times: Path, train_log: Path) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = bench_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), shared=False)
     ap.add_argument("project", type=Path, nargs="?", help="a project folder holding params.yaml and data/prepared")
     ap.add_argument("--decays", type=float, nargs="+", help="0 (the trained weights) or decays in [0.9, 1)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a train param for this run")
-    ap.add_argument("--steps", type=Path, nargs=2, metavar=("STEP_TIMES", "TRAIN_LOG"),
-                    help="instead: summarise a kept run's step times against its train log")
+    ap.add_argument(
+        "--steps",
+        type=Path,
+        nargs=2,
+        metavar=("STEP_TIMES", "TRAIN_LOG"),
+        help="instead: summarise a kept run's step times against its train log",
+    )
     args = ap.parse_args()
     if args.steps:
         print(json.dumps(summarize_steps(*args.steps), indent=2))
@@ -65,64 +73,62 @@ def main() -> int:
 
     project = args.project.resolve()
     os.chdir(project)  # the stages use paths relative to the project root, as under dvc repro
-    import yaml
-    from dogs_vs_cats import params as P
-    from dogs_vs_cats import train as T
-    from dogs_vs_cats.common import scores
-    from dogs_vs_cats.model import TestTimeViews, from_params
+    import keras
 
-    raw = yaml.safe_load(Path("params.yaml").read_text())
-    for item in args.set:
-        key, value = item.split("=", 1)
-        *path, last = key.split(".")
-        node = raw
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = yaml.safe_load(value)
-    # Any non-zero decay makes the train stage keep an average; the probe's own averages ride along.
-    raw["train"]["ema"] = next((d for d in args.decays if d), 0.99)
-    params = P.from_dict(raw)
+    from dogs_vs_cats import params as P
+    from dogs_vs_cats import train
+    from dogs_vs_cats.calibrate import fit_temperature, p_dog_of_views, view_logits
+    from dogs_vs_cats.callbacks import WeightAverage
+    from dogs_vs_cats.common import scores
+    from dogs_vs_cats.layers import TestTimeViews
+    from dogs_vs_cats.model import from_params
+    from dogs_vs_cats.paths import prepared
+
+    settings = overrides(args.set)
+    # Any non-zero decay makes the train stage keep an average of its own, as it would ship it.
+    settings["train.ema"] = next((d for d in args.decays if d), 0.99)
+    params = P.from_dict(with_overrides(P.as_dict(P.load("params.yaml")), settings))
 
     averages = {d: None for d in args.decays}
     steps: list[tuple[int, int, float]] = []
+    start = train.phases(params)[-2][0] + 1 if len(train.phases(params)) > 1 else 1
 
-    Average = T.WeightAverage
+    class Probe(keras.callbacks.Callback):
+        """One average per probed decay over the stage's last phase, the step times, the weights at the end."""
 
-    class Probe(Average):
-        """The stage's average, plus one per probed decay and the raw weights at the end."""
-        def __init__(self, decay, start):
-            super().__init__(decay, start)
-            self.probes = {d: Average(d, start) for d in args.decays if d}
+        def __init__(self):
+            super().__init__()
+            self.averages = {d: WeightAverage(d, start) for d in args.decays if d}
             self._epoch = 0
 
         def set_model(self, model):
             super().set_model(model)
-            for p in self.probes.values():
-                p.set_model(model)
+            for a in self.averages.values():
+                a.set_model(model)
 
         def on_epoch_begin(self, epoch, logs=None):
-            super().on_epoch_begin(epoch, logs)
             self._epoch = epoch + 1
             steps.append((self._epoch, -1, time.monotonic()))
-            for p in self.probes.values():
-                p.on_epoch_begin(epoch, logs)
+            for a in self.averages.values():
+                a.on_epoch_begin(epoch, logs)
 
         def on_train_batch_end(self, batch, logs=None):
             steps.append((self._epoch, batch, time.monotonic()))
-            super().on_train_batch_end(batch, logs)
-            for p in self.probes.values():
-                p.on_train_batch_end(batch, logs)
+            for a in self.averages.values():
+                a.on_train_batch_end(batch, logs)
 
         def on_train_end(self, logs=None):
             averages[0] = self.model.get_weights()
-            for d, p in self.probes.items():
-                averages[d] = p.weights()
+            for d, a in self.averages.items():
+                averages[d] = a.weights()
 
-    T.WeightAverage = Probe  # the stage builds its average by this name
-    T.run(params)
+    train.run(params, callbacks=(Probe(),))
     with open(project.parent / "step_times.csv", "w", newline="") as f:
         csv.writer(f).writerows([("epoch", "step", "t")] + [(e, s, f"{t:.3f}") for e, s, t in steps])
-    print(json.dumps({"steps": summarize_steps(project.parent / "step_times.csv", project / "metrics/train_log.csv")}), flush=True)
+    print(
+        json.dumps({"steps": summarize_steps(project.parent / "step_times.csv", project / "metrics/train_log.csv")}),
+        flush=True,
+    )
 
     t = params.train
     size = params.prepare.image_size
@@ -131,11 +137,11 @@ def main() -> int:
     results = []
     for decay, weights in averages.items():
         net.set_weights(weights)
-        logits = {s: T.view_logits(net, views, T.PREPARED / f"{s}.tfrecord", size) for s in ("val", "holdout")}
-        temperature = T.fit_temperature(*logits["val"])
+        logits = {s: view_logits(net, views, prepared(s), size) for s in ("val", "holdout")}
+        temperature = fit_temperature(*logits["val"])
         row = {"decay": decay, "temperature": round(temperature, 3)}
         for split, (z, y) in logits.items():
-            scored = scores(T.p_dog_of_views(z, temperature), y)
+            scored = scores(p_dog_of_views(z, temperature), y)
             row[f"{split}_accuracy"], row[f"{split}_log_loss"] = scored["accuracy"], scored["log_loss"]
         results.append(row)
         print(

@@ -20,6 +20,7 @@ and prints the time per step of each op type: where batch norm's remaining cost 
 medians and the median of the N paired ratios, so a slow spell on a shared host
 lands on one pair instead of deciding the ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,16 +35,32 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "kaggle" / "dogs-vs-cats-redux-kernels-edition"
-sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))
 from dogs_vs_cats.common import machine  # noqa: E402
+from harness import SHARED_COMPETITION as SHARED  # noqa: E402
 
 
 def child(mode: str, workdir: Path, n: int, epochs: int, precision: str = "auto") -> dict:
     """Run one measurement in a fresh process, so its peak RSS is its own."""
-    out = subprocess.run([sys.executable, __file__, "--child", mode, "--dir", str(workdir), "--images", str(n),
-                          "--epochs", str(epochs), "--precision", precision],
-                         capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            mode,
+            "--dir",
+            str(workdir),
+            "--images",
+            str(n),
+            "--epochs",
+            str(epochs),
+            "--precision",
+            precision,
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
     if out.returncode != 0:
         sys.exit(f"bench/speed: {mode} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -76,11 +93,13 @@ def run_child(mode: str, workdir: Path, n: int, epochs: int, precision: str) -> 
 
     import keras
 
-    from dogs_vs_cats import train as T
+    from dogs_vs_cats.inputs import train_dataset
     from dogs_vs_cats.model import from_params
+    from dogs_vs_cats.recipe import choose_precision
+    from dogs_vs_cats.train import build
 
     t = params.train
-    precision = T.choose_precision(precision)
+    precision = choose_precision(precision)
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(0)
     steps = -(-n // t.batch_size)
@@ -93,12 +112,12 @@ def run_child(mode: str, workdir: Path, n: int, epochs: int, precision: str) -> 
         prepared.mkdir(parents=True, exist_ok=True)
         shutil.copy(f"train{n}.tfrecord", prepared / "train.tfrecord")
         shutil.copy("val.tfrecord", prepared / "val.tfrecord")
-        train_ds = T.train_dataset(params, size)
+        train_ds = train_dataset(params, size)
         data = dict(x=train_ds, steps_per_epoch=steps)  # the stream is endless, as in the train stage
     else:
         x, y = _synthetic(n, size)
         data = dict(x=x, y=y, batch_size=t.batch_size)
-    net = T.build(params, steps)
+    net = build(params, steps)
     net.fit(**data, epochs=1, verbose=0)  # warm-up: tracing and first allocation
     t0 = time.monotonic()
     net.fit(**data, epochs=epochs, verbose=0)
@@ -115,7 +134,7 @@ def run_child(mode: str, workdir: Path, n: int, epochs: int, precision: str) -> 
         pred.p_dog(batch[:32])
         t0 = time.monotonic()
         for i in range(0, len(batch), 64):
-            pred.p_dog(batch[i:i + 64])
+            pred.p_dog(batch[i : i + 64])
         result["predict_batch_images_per_s"] = round(len(batch) / (time.monotonic() - t0), 1)
         t0 = time.monotonic()
         for i in range(50):
@@ -133,14 +152,21 @@ def _synthetic(n: int, size: int):
     return x, keras.utils.to_categorical(np.arange(n) % 2, 2)
 
 
-NORMS = ("none", "keras", "fused", "squeeze")  # squeeze: ours on conv1 and the squeezes only (train.batch_norm_expand: false)
+NORMS = (
+    "none",
+    "keras",
+    "fused",
+    "squeeze",
+)  # squeeze: ours on conv1 and the squeezes only (train.batch_norm_expand: false)
 
 
 def _net(params, size: int, norm: str, steps: int):
     """The default net with no batch norm, Keras' BatchNormalization, ours (fused), or ours on the squeezes only."""
     import dataclasses
 
-    from dogs_vs_cats.model import BatchNorm, compile_for_training, from_params, with_keras_batch_norm
+    from dogs_vs_cats.layers import BatchNorm, with_keras_batch_norm
+    from dogs_vs_cats.model import from_params
+    from dogs_vs_cats.recipe import compile_for_training
 
     t = dataclasses.replace(params.train, batch_norm=norm != "none", batch_norm_expand=norm != "squeeze")
     net = from_params(t, size)
@@ -201,7 +227,9 @@ def _grid_cell(params, mode: str, n: int, epochs: int, precision: str) -> dict:
     result = {"images_per_s": rates, "precision": precision}
     if kind == "profile":
         tf.profiler.experimental.stop()
-        result["op_ms_per_step"] = {op: round(1000 * s / (steps * epochs), 2) for op, s in _op_seconds(Path("profile")).items()}
+        result["op_ms_per_step"] = {
+            op: round(1000 * s / (steps * epochs), 2) for op, s in _op_seconds(Path("profile")).items()
+        }
     return result
 
 
@@ -238,10 +266,11 @@ def profile(images: int, epochs: int, size: int, precision: str, top: int = 14) 
             runs[norm]["images_per_s"] = statistics.median(runs[norm]["images_per_s"][norm])
     ops = {nm: r["op_ms_per_step"] for nm, r in runs.items()}
     ranked = sorted(set().union(*ops.values()), key=lambda op: -max(o.get(op, 0.0) for o in ops.values()))
-    print(json.dumps({"machine": machine(), "images": images, "epochs": epochs,
-                      "size": size, "runs": runs}, indent=2))
-    print(f"op time per training step, ms ({runs['none']['precision']}, {size} px, "
-          f"{images} images x {epochs} epochs; summed over TensorFlow's inter-op threads):")
+    print(json.dumps({"machine": machine(), "images": images, "epochs": epochs, "size": size, "runs": runs}, indent=2))
+    print(
+        f"op time per training step, ms ({runs['none']['precision']}, {size} px, "
+        f"{images} images x {epochs} epochs; summed over TensorFlow's inter-op threads):"
+    )
     print("| op type | no batch norm | Keras BatchNormalization | fused BatchNorm (ours) | ours, squeezes only |")
     print("| --- | --- | --- | --- | --- |")
     for op in ranked[:top]:
@@ -259,25 +288,49 @@ def grid(images: int, epochs: int, sizes: list[int]) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp:
         for precision in precisions:
             for size in sizes:
-                cells[(precision, size)] = rates = child(f"grid/{size}", Path(tmp), images, epochs, precision)["images_per_s"]
-                print(f"bench/speed: {precision} {size} px: " + ", ".join(f"{nm} {rates[nm]}" for nm in NORMS) + " img/s",
-                      file=sys.stderr, flush=True)
+                cells[(precision, size)] = rates = child(f"grid/{size}", Path(tmp), images, epochs, precision)[
+                    "images_per_s"
+                ]
+                print(
+                    f"bench/speed: {precision} {size} px: " + ", ".join(f"{nm} {rates[nm]}" for nm in NORMS) + " img/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     med = {(p, s, nm): statistics.median(r[nm]) for (p, s), r in cells.items() for nm in NORMS}
     # Batch norm's cost per round: the no-BN epoch over the BN one, seconds apart.
-    cost = {(p, s, nm): statistics.median(a / b for a, b in zip(r["none"], r[nm])) for (p, s), r in cells.items() for nm in NORMS}
-    print(json.dumps({"machine": machine(), "images": images, "rounds": epochs,
-                      "img_s": {f"{p} {s}px": r for (p, s), r in cells.items()}}, indent=2))
-    print(f"synthetic training img/s, median of {epochs} interleaved rounds; in brackets batch norm's cost, "
-          "the median per-round ratio of the no-BN epoch's rate to this one's:")
-    print("| precision | size | no batch norm | Keras BatchNormalization | fused BatchNorm (ours) | ours, squeezes only |")
+    cost = {
+        (p, s, nm): statistics.median(a / b for a, b in zip(r["none"], r[nm]))
+        for (p, s), r in cells.items()
+        for nm in NORMS
+    }
+    print(
+        json.dumps(
+            {
+                "machine": machine(),
+                "images": images,
+                "rounds": epochs,
+                "img_s": {f"{p} {s}px": r for (p, s), r in cells.items()},
+            },
+            indent=2,
+        )
+    )
+    print(
+        f"synthetic training img/s, median of {epochs} interleaved rounds; in brackets batch norm's cost, "
+        "the median per-round ratio of the no-BN epoch's rate to this one's:"
+    )
+    print(
+        "| precision | size | no batch norm | Keras BatchNormalization | fused BatchNorm (ours) | ours, squeezes only |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for p in precisions:
         for s in sizes:
             bn = [f"{med[(p, s, nm)]:.0f} ({cost[(p, s, nm)]:.2f}x)" for nm in NORMS[1:]]
             print(f"| {p} | {s} px | {med[(p, s, 'none')]:.0f} | " + " | ".join(bn) + " |")
     for s in sizes:
-        print(f"bf16 over float32 at {s} px (medians, different processes): "
-              + ", ".join(f"{nm} {med[('mixed_bfloat16', s, nm)] / med[('float32', s, nm)]:.2f}x" for nm in NORMS))
+        print(
+            f"bf16 over float32 at {s} px (medians, different processes): "
+            + ", ".join(f"{nm} {med[('mixed_bfloat16', s, nm)] / med[('float32', s, nm)]:.2f}x" for nm in NORMS)
+        )
 
 
 def _median_run(runs: list[dict]) -> dict:
@@ -294,12 +347,25 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1, help="alternating real/synthetic training measurements")
-    ap.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16"), default=None,
-                    help="training precision (default: params.yaml's train.precision)")
-    ap.add_argument("--grid", type=int, nargs="+", metavar="SIZE",
-                    help="instead: batch norm's cost, none / Keras' / fused, in float32 and bf16 at these sizes (synthetic)")
-    ap.add_argument("--profile", type=int, metavar="SIZE",
-                    help="instead: op time per training step at this size, none / Keras' / fused batch norm (synthetic)")
+    ap.add_argument(
+        "--precision",
+        choices=("auto", "float32", "mixed_bfloat16"),
+        default=None,
+        help="training precision (default: params.yaml's train.precision)",
+    )
+    ap.add_argument(
+        "--grid",
+        type=int,
+        nargs="+",
+        metavar="SIZE",
+        help="instead: batch norm's cost, none / Keras' / fused, in float32 and bf16 at these sizes (synthetic)",
+    )
+    ap.add_argument(
+        "--profile",
+        type=int,
+        metavar="SIZE",
+        help="instead: op time per training step at this size, none / Keras' / fused batch norm (synthetic)",
+    )
     ap.add_argument("--child")
     ap.add_argument("--dir", type=Path)
     args = ap.parse_args()
@@ -323,27 +389,39 @@ def main() -> int:
         r = {"machine": machine()}
         r["prepare_all_cores"] = child("prepare", work, args.images, args.epochs)
         r["prepare_one_core"] = child("prepare1", work, args.images, args.epochs)
-        r["prepare_4000_peak_rss_mb"] = child("prepare", work, 4000, args.epochs)["peak_rss_mb"] if args.images != 4000 else None
+        r["prepare_4000_peak_rss_mb"] = (
+            child("prepare", work, 4000, args.epochs)["peak_rss_mb"] if args.images != 4000 else None
+        )
         reals, synths = [], []
         for i in range(args.repeats):
             reals.append(child("train_real", work, args.images, args.epochs, precision))
             synths.append(child("train_synthetic", work, args.images, args.epochs, precision))
-            print(f"bench/speed: pair {i + 1}: real {reals[-1]['images_per_s']} vs synthetic "
-                  f"{synths[-1]['images_per_s']} img/s", file=sys.stderr, flush=True)
+            print(
+                f"bench/speed: pair {i + 1}: real {reals[-1]['images_per_s']} vs synthetic "
+                f"{synths[-1]['images_per_s']} img/s",
+                file=sys.stderr,
+                flush=True,
+            )
         r["train_real"] = _median_run(reals)
         r["train_synthetic"] = _median_run(synths)
-        r["train_4000_peak_rss_mb"] = child("train_real", work, 4000, 1, precision)["peak_rss_mb"] if args.images != 4000 else None
+        r["train_4000_peak_rss_mb"] = (
+            child("train_real", work, 4000, 1, precision)["peak_rss_mb"] if args.images != 4000 else None
+        )
         pairs = [a["images_per_s"] / b["images_per_s"] for a, b in zip(reals, synths)]
         r["train_pairs_img_s"] = [[a["images_per_s"], b["images_per_s"]] for a, b in zip(reals, synths)]
         r["ratios"] = {
-            "prepare_all_cores_over_one": round(r["prepare_all_cores"]["images_per_s"] / r["prepare_one_core"]["images_per_s"], 2),
+            "prepare_all_cores_over_one": round(
+                r["prepare_all_cores"]["images_per_s"] / r["prepare_one_core"]["images_per_s"], 2
+            ),
             "train_real_over_synthetic": round(statistics.median(pairs), 2),
         }
     print(json.dumps(r, indent=2))
     print(
         f"prepare {r['prepare_all_cores']['images_per_s']:.0f} img/s on all cores "
-        f"({r['ratios']['prepare_all_cores_over_one']}x one core) | train ({r['train_real']['precision']}) real {r['train_real']['images_per_s']:.0f} "
-        f"vs synthetic {r['train_synthetic']['images_per_s']:.0f} img/s (ratio {r['ratios']['train_real_over_synthetic']}, median of {len(pairs)}) | "
+        f"({r['ratios']['prepare_all_cores_over_one']}x one core) | "
+        f"train ({r['train_real']['precision']}) real {r['train_real']['images_per_s']:.0f} "
+        f"vs synthetic {r['train_synthetic']['images_per_s']:.0f} img/s "
+        f"(ratio {r['ratios']['train_real_over_synthetic']}, median of {len(pairs)}) | "
         f"predict {r['train_synthetic']['predict_batch_images_per_s']:.0f} img/s batched, "
         f"{r['train_synthetic']['predict_single_images_per_s']:.0f} img/s one by one | "
         f"peak RSS prepare {r['prepare_all_cores']['peak_rss_mb']:.0f}/{r['prepare_4000_peak_rss_mb']} MB, "

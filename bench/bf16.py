@@ -14,6 +14,7 @@ several times slower than float32.
 
     python bench/bf16 [--zip ../shared/.../train.zip] [--seeds 3] [--epochs N] [--images N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))
+from harness import SHARED_COMPETITION  # noqa: E402
+
 VERBOSE = False
-ZIP = ROOT.parent / "shared" / "kaggle" / "dogs-vs-cats-redux-kernels-edition" / "train.zip"
+ZIP = SHARED_COMPETITION / "train.zip"
 
 
 def _decode(job):
@@ -39,16 +42,18 @@ def _decode(job):
 
     archive, names, size = job
     with zipfile.ZipFile(archive) as zf:
-        return np.stack([
-            np.asarray(Image.open(io.BytesIO(zf.read(n))).convert("RGB").resize((size, size), Image.BILINEAR))
-            for n in names
-        ])
+        return np.stack(
+            [
+                np.asarray(Image.open(io.BytesIO(zf.read(n))).convert("RGB").resize((size, size), Image.BILINEAR))
+                for n in names
+            ]
+        )
 
 
 def load(archive: Path, items: list[tuple[str, int]], size: int) -> tuple[np.ndarray, np.ndarray]:
     """Photos squashed to `size` square as uint8 (as the prepare stage stores them), and labels."""
     names = [n for n, _ in items]
-    chunks = [names[i:i + 100] for i in range(0, len(names), 100)]
+    chunks = [names[i : i + 100] for i in range(0, len(names), 100)]
     with ProcessPoolExecutor() as pool:
         x = np.concatenate(list(pool.map(_decode, [(archive, c, size) for c in chunks])))
     return x, np.array([y for _, y in items])
@@ -58,7 +63,8 @@ def train_once(params, data, policy: str, seed: int) -> dict:
     import keras
 
     from dogs_vs_cats.common import scores
-    from dogs_vs_cats.model import compile_for_training, from_params, with_tta
+    from dogs_vs_cats.model import from_params, with_tta
+    from dogs_vs_cats.recipe import compile_for_training
 
     t, a = params.train, params.train.augment
     keras.mixed_precision.set_global_policy(policy)
@@ -67,30 +73,46 @@ def train_once(params, data, policy: str, seed: int) -> dict:
     (x, y), (xh, yh) = data["train"], data["holdout"]
     # Keras' layers stand in for the train stage's tf.data augmentation: crop ~ zoom-in, the rest alike.
     side = float(np.sqrt(a.crop_scale))
-    augment = keras.Sequential([
-        keras.Input((size, size, 3)),
-        *([keras.layers.RandomFlip("horizontal")] if a.flip else []),
-        *([keras.layers.RandomZoom((-(1 - side), 0.0), fill_mode="reflect")] if a.crop_scale < 1 else []),
-        *([keras.layers.RandomRotation(a.rotation, fill_mode="reflect")] if a.rotation > 0 else []),
-        *([keras.layers.RandomBrightness(a.brightness, value_range=(0, 255))] if a.brightness > 0 else []),
-        *([keras.layers.RandomContrast(a.contrast, value_range=(0, 255))] if a.contrast > 0 else []),
-    ], name="augment")
+    augment = keras.Sequential(
+        [
+            keras.Input((size, size, 3)),
+            *([keras.layers.RandomFlip("horizontal")] if a.flip else []),
+            *([keras.layers.RandomZoom((-(1 - side), 0.0), fill_mode="reflect")] if a.crop_scale < 1 else []),
+            *([keras.layers.RandomRotation(a.rotation, fill_mode="reflect")] if a.rotation > 0 else []),
+            *([keras.layers.RandomBrightness(a.brightness, value_range=(0, 255))] if a.brightness > 0 else []),
+            *([keras.layers.RandomContrast(a.contrast, value_range=(0, 255))] if a.contrast > 0 else []),
+        ],
+        name="augment",
+    )
     net = from_params(t, size)
     model = keras.Sequential([keras.Input((size, size, 3)), augment, net])
     steps = -(-len(x) // t.batch_size)
     compile_for_training(model, t, steps)
     t0 = time.monotonic()
-    model.fit(x.astype("float32"), keras.utils.to_categorical(y, 2), batch_size=t.batch_size,
-              epochs=t.epochs, shuffle=True, verbose=2 if VERBOSE else 0)
+    model.fit(
+        x.astype("float32"),
+        keras.utils.to_categorical(y, 2),
+        batch_size=t.batch_size,
+        epochs=t.epochs,
+        shuffle=True,
+        verbose=2 if VERBOSE else 0,
+    )
     wall = time.monotonic() - t0
     # Scored as the train stage ships it: a float32 copy of the weights, whatever the training precision.
     keras.mixed_precision.set_global_policy("float32")
     shipped = from_params(t, size)
     shipped.set_weights(net.get_weights())
-    p = np.asarray(with_tta(shipped, t.tta, t.tta_crop).predict(xh.astype("float32"), batch_size=256, verbose=0), dtype=np.float64)[:, 1]
+    p = np.asarray(
+        with_tta(shipped, t.tta, t.tta_crop).predict(xh.astype("float32"), batch_size=256, verbose=0), dtype=np.float64
+    )[:, 1]
     s = scores(p, yh)  # the evaluate stage's own scoring
-    return {"policy": policy, "seed": seed, "holdout_accuracy": s["accuracy"], "holdout_log_loss": s["log_loss"],
-            "train_s": round(wall, 1)}
+    return {
+        "policy": policy,
+        "seed": seed,
+        "holdout_accuracy": s["accuracy"],
+        "holdout_log_loss": s["log_loss"],
+        "train_s": round(wall, 1),
+    }
 
 
 def main() -> int:
@@ -123,9 +145,12 @@ def main() -> int:
     data = {k: load(args.zip, split[k], params.prepare.image_size) for k in ("train", "holdout")}
     import keras  # after the decoding processes have forked
 
-    print(f"bf16: backend {keras.backend.backend()}, {len(data['train'][0])} training / {len(data['holdout'][0])} "
-          f"holdout photos at {params.prepare.image_size} px decoded in {time.monotonic() - t0:.0f}s; "
-          f"{params.train.epochs} epochs x {args.seeds} seeds x 2 precisions", flush=True)
+    print(
+        f"bf16: backend {keras.backend.backend()}, {len(data['train'][0])} training / {len(data['holdout'][0])} "
+        f"holdout photos at {params.prepare.image_size} px decoded in {time.monotonic() - t0:.0f}s; "
+        f"{params.train.epochs} epochs x {args.seeds} seeds x 2 precisions",
+        flush=True,
+    )
 
     runs = []
     for seed in range(args.seeds):
@@ -138,15 +163,23 @@ def main() -> int:
         f32 = np.array([r[key] for r in runs if r["policy"] == "float32"])
         bf = np.array([r[key] for r in runs if r["policy"] == "mixed_bfloat16"])
         summary[key] = {
-            "float32_mean": round(float(f32.mean()), 4), "bf16_mean": round(float(bf.mean()), 4),
+            "float32_mean": round(float(f32.mean()), 4),
+            "bf16_mean": round(float(bf.mean()), 4),
             "bf16_minus_float32": round(float(bf.mean() - f32.mean()), 4),
             "float32_seed_sd": round(float(f32.std(ddof=1)), 4) if len(f32) > 1 else None,
         }
-        print(f"{key}: float32 {f32.mean():.4f} (sd {summary[key]['float32_seed_sd']} over seeds), "
-              f"bf16 {bf.mean():.4f}, difference {bf.mean() - f32.mean():+.4f}")
+        print(
+            f"{key}: float32 {f32.mean():.4f} (sd {summary[key]['float32_seed_sd']} over seeds), "
+            f"bf16 {bf.mean():.4f}, difference {bf.mean() - f32.mean():+.4f}"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"backend": keras.backend.backend(), "epochs": params.train.epochs,
-                                         "runs": runs, "summary": summary}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {"backend": keras.backend.backend(), "epochs": params.train.epochs, "runs": runs, "summary": summary},
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -1,56 +1,38 @@
 #!/usr/bin/env python
-"""Accuracy benchmark: the whole pipeline on ../shared/kaggle with the default params.
+"""Accuracy benchmark: the whole pipeline on ../shared/kaggle (or --shared DIR) with the default params.
 
 Runs `dvc repro` in a fresh copy of the project against the fake Kaggle server (the
 real kaggle client downloads the shared competition files), submits the result to
 the fake server, and prints holdout accuracy, log loss, the Kaggle score and wall
-time. `--set train.epochs=10` style overrides try a lever; `--keep DIR` keeps the run.
+time. `--set train.epochs=10` style overrides try a lever; `--keep DIR` keeps the run;
+`--shared ../shared/kaggle-large` runs on the competition-sized fixture.
 
-    .venv/bin/python bench/accuracy [--set KEY=VALUE ...] [--keep DIR]
+    .venv/bin/python bench/accuracy.py [--set KEY=VALUE ...] [--shared DIR] [--keep DIR]
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import BIN, copy_project, project_env, set_params  # noqa: E402
-from conftest import overrides as parse_overrides  # noqa: E402
-from fake_kaggle import FakeKaggle  # noqa: E402
-
 from dogs_vs_cats.common import machine  # noqa: E402
-
-
-def run_group(cmd, **kwargs) -> subprocess.CompletedProcess:
-    """Run `cmd` in its own process group and stop the whole group if this script is stopped.
-
-    Killing only `dvc repro` would leave its training running, orphaned, for half an hour.
-    """
-    proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
-    try:
-        return subprocess.CompletedProcess(cmd, proc.wait())
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait()
+from harness import BIN, bench_arguments, copy_project, fake_kaggle_for, overrides, project_env, run_group, set_params  # noqa: E402
 
 
 def main() -> int:
     # SIGTERM (kill, pkill) becomes SystemExit, so run_group's cleanup runs as it does for Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
+    ap = bench_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     ap.add_argument("--keep", type=Path, help="run in this folder and keep it")
     args = ap.parse_args()
 
@@ -60,11 +42,11 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     project = copy_project(work / "project") if not (work / "project").exists() else work / "project"
     (work / "home").mkdir(exist_ok=True)
-    overrides = parse_overrides(args.set)
-    if overrides:
-        set_params(project, **overrides)
+    settings = overrides(args.set)
+    if settings:
+        set_params(project, **settings)
 
-    with FakeKaggle() as fake:
+    with fake_kaggle_for(args.shared) as fake:
         env = project_env(fake.env(), home=work / "home")
         start = time.monotonic()
         repro = run_group([str(BIN / "dvc"), "repro"], cwd=project, env=env)
@@ -72,13 +54,19 @@ def main() -> int:
         if repro.returncode != 0:
             print(f"bench/accuracy: dvc repro failed (exit {repro.returncode})", file=sys.stderr)
             return 1
-        submit = subprocess.run([str(BIN / "dogs-vs-cats"), "submit", "--message", "bench/accuracy"], cwd=project,
-                                env=env, capture_output=True, text=True)
+        submit = subprocess.run(
+            [str(BIN / "dogs-vs-cats"), "submit", "--message", "bench/accuracy"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
     score = re.search(r"public score \(log loss\): ([0-9.]+)", submit.stdout)
     ev = json.loads((project / "metrics/eval.json").read_text())
     train = json.loads((project / "metrics/train.json").read_text())
     result = {
-        "overrides": overrides,
+        "overrides": settings,
+        "competition": str(args.shared),
         "holdout_accuracy": ev["holdout"]["accuracy"],
         "holdout_log_loss": ev["holdout"]["log_loss"],
         "holdout_roc_auc": ev["holdout"]["roc_auc"],

@@ -11,10 +11,11 @@ split into train / val / holdout, at `--size` px (227 by default: the paper's in
 stage's processes (the stage and its decode workers) every 0.1 s: the peak is what the stage
 needs from the machine (an upper bound: pages the processes share count once per process).
 
-    .venv/bin/python bench/memory [--train 25000] [--test 12500] [--size 227] [--epochs 1] [--keep DIR]
+    .venv/bin/python bench/memory.py [--train 25000] [--test 12500] [--size 227] [--epochs 1] [--keep DIR]
 
 `--train 4000 --test 500` runs it on the shared files as they are, for comparison.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,19 +33,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "src"))
-from conftest import BIN, SHARED_COMPETITION as SHARED, copy_project, project_env, set_params  # noqa: E402
-
 from dogs_vs_cats import params as P  # noqa: E402
+from dogs_vs_cats.cli import STAGES  # noqa: E402
 from dogs_vs_cats.common import machine  # noqa: E402
+from harness import BIN, bench_arguments, copy_project, overrides, project_env, set_params  # noqa: E402
 
-STAGES = ("download", "split", "prepare", "train", "evaluate", "submission", "export")
 
-
-def build_competition(dest: Path, n_train: int, n_test: int) -> None:
+def build_competition(shared: Path, dest: Path, n_train: int, n_test: int) -> None:
     """train.zip (n_train photos, half cats), test.zip (n_test) and sample_submission.csv in `dest`."""
     dest.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(SHARED / "train.zip") as src:
+    with zipfile.ZipFile(shared / "train.zip") as src:
         by_label = {"cat": [], "dog": []}
         for name in sorted(src.namelist()):
             base = name.rsplit("/", 1)[-1]
@@ -54,7 +52,7 @@ def build_competition(dest: Path, n_train: int, n_test: int) -> None:
             for label, names in by_label.items():
                 for i in range(n_train // 2):
                     out.writestr(f"train/{label}.{i}.jpg", src.read(names[i % len(names)]))
-    with zipfile.ZipFile(SHARED / "test.zip") as src:
+    with zipfile.ZipFile(shared / "test.zip") as src:
         names = sorted(n for n in src.namelist() if n.endswith(".jpg"))
         with zipfile.ZipFile(dest / "test.zip", "w", zipfile.ZIP_STORED) as out:
             for i in range(n_test):
@@ -93,8 +91,14 @@ def _tree_rss_mb(root: int) -> tuple[float, float]:
 def run_stage(stage: str, project: Path, env: dict) -> dict:
     """Run one stage, sampling its process tree's memory; its figures and wall time."""
     t0 = time.monotonic()
-    proc = subprocess.Popen([str(BIN / "dogs-vs-cats"), stage], cwd=project, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [str(BIN / "dogs-vs-cats"), stage],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     peak = {"total": 0.0, "largest": 0.0}
 
     def sample():
@@ -110,12 +114,15 @@ def run_stage(stage: str, project: Path, env: dict) -> dict:
     sampler.join()
     if proc.returncode != 0:
         sys.exit(f"bench/memory: stage {stage} failed:\n{output[-3000:]}")
-    return {"peak_rss_mb": round(peak["total"]), "largest_process_mb": round(peak["largest"]),
-            "wall_s": round(time.monotonic() - t0, 1)}
+    return {
+        "peak_rss_mb": round(peak["total"]),
+        "largest_process_mb": round(peak["largest"]),
+        "wall_s": round(time.monotonic() - t0, 1),
+    }
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = bench_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     ap.add_argument("--train", type=int, default=25_000, help="labelled photos (the competition has 25,000)")
     ap.add_argument("--test", type=int, default=12_500, help="test photos (the competition has 12,500)")
     ap.add_argument("--size", type=int, default=227, help="prepare.image_size")
@@ -125,8 +132,10 @@ def main() -> int:
     split = P.load(ROOT / "params.yaml").split
     n_train = args.train - split.n_val - split.n_holdout
     if n_train < 2 or args.train % 2 or args.test < 1:
-        ap.error(f"--train {args.train} --test {args.test}: give an even --train above "
-                 f"split.n_val + split.n_holdout ({split.n_val + split.n_holdout}) and --test >= 1")
+        ap.error(
+            f"--train {args.train} --test {args.test}: give an even --train above "
+            f"split.n_val + split.n_holdout ({split.n_val + split.n_holdout}) and --test >= 1"
+        )
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-memory-"))
     if args.keep and work.exists():
@@ -135,31 +144,52 @@ def main() -> int:
         competition, project = work / "competition", work / "project"
         project.mkdir(parents=True)
         t0 = time.monotonic()
-        build_competition(competition, args.train, args.test)
-        print(f"bench/memory: {args.train} + {args.test} photos in {competition} ({time.monotonic() - t0:.0f}s)",
-              file=sys.stderr, flush=True)
+        build_competition(args.shared, competition, args.train, args.test)
+        print(
+            f"bench/memory: {args.train} + {args.test} photos in {competition} ({time.monotonic() - t0:.0f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
         copy_project(project)
-        set_params(project, **{
-            "data.source": str(competition), "split.n_train": n_train, "prepare.image_size": args.size,
-            "train.epochs": args.epochs, "train.low_res_size": 0, "train.warmup_epochs": 0,
-        })
+        set_params(
+            project,
+            **{
+                "data.source": str(competition),
+                "split.n_train": n_train,
+                "prepare.image_size": args.size,
+                "train.epochs": args.epochs,
+                "train.low_res_size": 0,
+                "train.warmup_epochs": 0,
+                **overrides(args.set),
+            },
+        )
         env = project_env()
         stages = {}
         for stage in STAGES:
             stages[stage] = run_stage(stage, project, env)
             print(f"bench/memory: {stage}: {stages[stage]}", file=sys.stderr, flush=True)
-        store = {p.name: round(p.stat().st_size / 2**20) for p in sorted((project / "data/prepared").glob("*.tfrecord"))}
-        result = {"machine": machine(), "photos": {"train": args.train, "test": args.test},
-                  "split": {"n_train": n_train, "n_val": split.n_val, "n_holdout": split.n_holdout},
-                  "image_size": args.size, "epochs": args.epochs, "prepared_mb": store, "stages": stages}
+        store = {
+            p.name: round(p.stat().st_size / 2**20) for p in sorted((project / "data/prepared").glob("*.tfrecord"))
+        }
+        result = {
+            "machine": machine(),
+            "photos": {"train": args.train, "test": args.test},
+            "split": {"n_train": n_train, "n_val": split.n_val, "n_holdout": split.n_holdout},
+            "image_size": args.size,
+            "epochs": args.epochs,
+            "prepared_mb": store,
+            "stages": stages,
+        }
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2))
     peak = max(stages.values(), key=lambda s: s["peak_rss_mb"])
-    print(f"peak memory at {args.train:,} + {args.test:,} photos, {args.size} px: "
-          + ", ".join(f"{k} {v['peak_rss_mb']:,} MB" for k, v in stages.items())
-          + f"; the most any stage needs: {peak['peak_rss_mb']:,} MB (prepared store {sum(store.values()):,} MB on disk)")
+    print(
+        f"peak memory at {args.train:,} + {args.test:,} photos, {args.size} px: "
+        + ", ".join(f"{k} {v['peak_rss_mb']:,} MB" for k, v in stages.items())
+        + f"; the most any stage needs: {peak['peak_rss_mb']:,} MB (prepared store {sum(store.values()):,} MB on disk)"
+    )
     return 0
 
 

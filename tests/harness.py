@@ -1,0 +1,215 @@
+"""The project's test and benchmark harness: tiny generated photos and competitions, a scratch
+copy of the project, its environment, param overrides, and the shared competition folders.
+
+The tests (through conftest.py) and the bench/ scripts both use it, so neither repeats the other.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_kaggle import COMPETITION, SHARED, FakeKaggle  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_COMPETITION = SHARED / COMPETITION  # the small fixture: what the tests run on
+BIN = Path(sys.executable).parent
+
+
+def image_bytes(kind: str = "cat", size=(40, 30), fmt: str = "JPEG", mode: str = "RGB", seed: int = 0) -> bytes:
+    """A small synthetic photo: cats are reddish with a disc, dogs bluish with a bar."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    arr = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:h, :w]
+    if kind == "cat":
+        arr[..., 0] += 150
+        arr[(yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (min(w, h) / 4) ** 2] = 250
+    else:
+        arr[..., 2] += 150
+        arr[h // 3 : 2 * h // 3, :] = 10
+    img = Image.fromarray(arr, "RGB")
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(img.convert("L"), dtype=np.uint16) * 257)
+        assert img.mode.startswith("I;16")
+    elif mode != "RGB":
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def make_competition(
+    folder: Path,
+    n_per_class: int = 12,
+    n_test: int = 6,
+    extra_train: dict | None = None,
+    extra_test: dict | None = None,
+) -> Path:
+    """A tiny competition folder laid out like Kaggle's: train.zip, test.zip, sample_submission.csv."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(folder / "train.zip", "w") as zf:
+        for i in range(n_per_class):
+            for kind in ("cat", "dog"):
+                zf.writestr(f"train/{kind}.{i}.jpg", image_bytes(kind, seed=i))
+        for name, data in (extra_train or {}).items():
+            zf.writestr(f"train/{name}", data)
+    ids = list(range(1, n_test + 1))
+    with zipfile.ZipFile(folder / "test.zip", "w") as zf:
+        for i in ids:
+            zf.writestr(f"test/{i}.jpg", image_bytes("cat" if i % 2 else "dog", seed=100 + i))
+        for name, data in (extra_test or {}).items():
+            zf.writestr(f"test/{name}", data)
+            ids.append(int(Path(name).stem))
+    (folder / "sample_submission.csv").write_text("id,label\n" + "".join(f"{i},0.5\n" for i in sorted(ids)))
+    return folder
+
+
+def free_ports(n: int = 1) -> list[int]:
+    """`n` distinct free TCP ports on 127.0.0.1 (all held open while picked, so never the same one twice)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def overrides(items: list[str]) -> dict:
+    """`--set KEY=VALUE` arguments as {KEY: VALUE}, VALUE read as YAML (so 0.5 is a number)."""
+    import yaml
+
+    return {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in items)}
+
+
+def project_env(extra: dict | None = None, home: Path | None = None) -> dict:
+    """Environment for subprocesses: our venv first, no real Kaggle credentials leaking in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    env["DVC_NO_ANALYTICS"] = "1"
+    if home is not None:
+        env["HOME"] = str(home)
+        env["KAGGLE_CONFIG_DIR"] = str(home / ".kaggle")
+    env.update(extra or {})
+    return env
+
+
+def copy_project(dest: Path) -> Path:
+    """The project's working tree (tracked and untracked, not ignored) as a fresh git repository."""
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
+    for rel in filter(None, files):
+        src = ROOT / rel
+        generated = rel.startswith(("data/", "metrics/")) and not rel.endswith(".gitignore")
+        if src.is_file() and not generated:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(git + ["init", "-q"], cwd=dest, check=True)
+    # DVC commits experiments itself: give the repository an identity of its own.
+    subprocess.run(["git", "config", "user.name", "dogs-vs-cats tests"], cwd=dest, check=True)
+    subprocess.run(["git", "config", "user.email", "tests@example.invalid"], cwd=dest, check=True)
+    subprocess.run(git + ["add", "-A"], cwd=dest, check=True)
+    subprocess.run(git + ["commit", "-qm", "project"], cwd=dest, check=True)
+    return dest
+
+
+def with_overrides(data: dict, settings: dict) -> dict:
+    """`data` (params as nested dicts) with each dotted key of `settings` set: {"train.epochs": 1}."""
+    for dotted, value in settings.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return data
+
+
+def set_params(project: Path, **settings) -> None:
+    """Edit params.yaml in place: set_params(p, **{"train.epochs": 1})."""
+    import yaml
+
+    path = project / "params.yaml"
+    path.write_text(yaml.safe_dump(with_overrides(yaml.safe_load(path.read_text()), settings), sort_keys=False))
+
+
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 600):
+    return subprocess.run(
+        [str(BIN / "dogs-vs-cats"), *args],
+        cwd=cwd,
+        env=env or project_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def shared_competition(folder: str | Path | None = None) -> Path:
+    """A competition folder of real photos: `folder` (a shared fixture such as ../shared/kaggle-large,
+    or the competition folder inside it), or by default the small fixture the tests use."""
+    if folder is None:
+        return SHARED_COMPETITION
+    folder = Path(folder).resolve()
+    inner = folder / COMPETITION
+    found = inner if inner.is_dir() else folder
+    if not (found / "train.zip").is_file():
+        raise SystemExit(f"{folder}: holds no train.zip; give a folder laid out as ../shared/kaggle is")
+    return found
+
+
+def bench_arguments(parser, shared: bool = True):
+    """The options every bench script takes: --set KEY=VALUE overrides, and which shared photos to use."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param (VALUE read as YAML); repeatable",
+    )
+    if shared:
+        parser.add_argument(
+            "--shared",
+            type=shared_competition,
+            default=SHARED_COMPETITION,
+            metavar="DIR",
+            help="competition folder of real photos (default: ../shared/kaggle)",
+        )
+    return parser
+
+
+def fake_kaggle_for(competition: Path) -> FakeKaggle:
+    """The fake Kaggle server serving `competition`, scoring against the solution file beside it."""
+    return FakeKaggle(competition, competition.parent / f"{COMPETITION}.solution.csv")
+
+
+def run_group(cmd, **kwargs) -> subprocess.CompletedProcess:
+    """Run `cmd` in its own process group, and stop the whole group if this script is stopped.
+
+    Killing only `dvc repro` would leave its training running, orphaned.
+    """
+    proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+    try:
+        return subprocess.CompletedProcess(cmd, proc.wait())
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
