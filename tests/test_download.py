@@ -12,6 +12,8 @@ import pytest
 from fake_kaggle import KEY, USERNAME
 from harness import BIN, SHARED_COMPETITION, project_env, run_cli
 
+pytestmark = pytest.mark.slow  # the real kaggle client moving the real archives
+
 EXPECTED = {"train.zip", "test.zip", "sample_submission.csv"}
 
 

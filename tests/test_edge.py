@@ -17,6 +17,8 @@ import pytest
 
 from harness import BIN, ROOT, free_ports, image_bytes, project_env
 
+pytestmark = pytest.mark.slow  # converts to TFLite and serves over HTTP
+
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):

@@ -24,6 +24,8 @@ from harness import (
     set_params,
 )
 
+pytestmark = pytest.mark.slow  # dvc repro of the real photos, then the commands on its outputs
+
 SMALL = {
     "split.n_train": 100,
     "split.n_val": 40,

@@ -12,6 +12,8 @@ import pytest
 
 from harness import BIN, copy_project, free_ports, make_competition, project_env, run_cli, set_params
 
+pytestmark = pytest.mark.slow  # trains for real, kills and races real processes
+
 
 @pytest.fixture
 def tiny(tmp_path):
