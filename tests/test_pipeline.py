@@ -98,21 +98,28 @@ def test_stage_outputs_exist_and_make_sense(repro):
     assert all(float(r["train_s"]) > 0 for r in log_rows)
 
     ev = json.loads((p / "metrics/eval.json").read_text())
+    # Only what changes with the model: `dvc metrics show` stays a few columns wide.
+    assert set(ev) == {"holdout", "val"}
+    assert set(ev["holdout"]) == {"accuracy", "log_loss", "roc_auc"} and set(ev["val"]) == {"accuracy", "log_loss"}
     for key in ("val", "holdout"):
-        assert set(ev[key]) == {"images", "accuracy", "log_loss", "roc_auc"}
-        assert 0 <= ev[key]["accuracy"] <= 1 and ev[key]["log_loss"] > 0 and 0 <= ev[key]["roc_auc"] <= 1
-    assert ev["val"]["images"] == 40 and ev["holdout"]["images"] == 40
+        assert 0 <= ev[key]["accuracy"] <= 1 and ev[key]["log_loss"] > 0
+    assert 0 <= ev["holdout"]["roc_auc"] <= 1
+    train = json.loads((p / "metrics/train.json").read_text())
     # The default net: SqueezeNet v1.1 with batch normalisation (723,522 weights + 8,832 BN values).
-    assert ev["model"]["params"] == 732_354 == json.loads((p / "metrics/train.json").read_text())["params"]
-    assert ev["model"]["bytes"] == (p / "data/model/model.keras").stat().st_size
+    assert train["params"] == 732_354 and train["model_bytes"] == (p / "data/model/model.keras").stat().st_size
+    for name in ("metrics/training_curves.png", "metrics/plots/confusion.png", "metrics/plots/roc.png"):
+        assert (p / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
     confusion = list(csv.DictReader(open(p / "metrics/plots/confusion.csv")))
     assert len(confusion) == 40 and {r["actual"] for r in confusion} == {"cat", "dog"}
     roc = list(csv.DictReader(open(p / "metrics/plots/roc.csv")))
     assert float(roc[0]["fpr"]) == 0 and float(roc[-1]["tpr"]) == 1
 
-    export = json.loads((p / "metrics/export.json").read_text())
+    export = json.loads((p / "metrics/export_forms.json").read_text())
     assert set(export) == {"keras", "float32", "float16", "int8", "int8_vs_keras"}
+    assert json.loads((p / "metrics/export.json").read_text()) == {
+        "int8": {k: export["int8"][k] for k in ("accuracy", "log_loss", "bytes")}
+    }
     for form in ("float32", "float16", "int8"):
         assert export[form]["bytes"] == (p / f"data/export/model_{form}.tflite").stat().st_size
         # The .tflite files score the same 40 holdout photos as the Keras model, inside LiteRT.
@@ -147,6 +154,26 @@ def test_plots_render_the_demo_figure_and_the_holdout_curves(repro):
     html = (out / "index.html").read_text()
     for title in ("Accuracy per epoch", "Holdout confusion matrix", "Holdout ROC curve", "precision-recall"):
         assert title in html
+    for picture in ("training_curves.png", "confusion.png", "roc.png"):  # the stages' own pictures, too
+        assert picture in html
+    screenshot_renders(out / "index.html", out.parent / "plots_show.png")
+
+
+def test_metrics_show_is_a_few_columns_of_scores_and_no_timings(repro):
+    result = dvc(["metrics", "show", "--json"], repro["project"], repro["env"])
+    assert result.returncode == 0, result.stderr
+    (workspace,) = json.loads(result.stdout).values()
+    files = workspace["data"]
+    assert set(files) == {"metrics/eval.json", "metrics/export.json"}
+
+    def leaves(d, prefix=""):
+        for k, v in d.items():
+            yield from leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+
+    columns = {c for f in files.values() for c in leaves(f["data"])}
+    assert len(columns) == 8 and not any(w in c for c in columns for w in ("latency", "_s", "per_s", "wall"))
+    table = dvc(["metrics", "show"], repro["project"], repro["env"]).stdout.splitlines()
+    assert len(table) == 3 and max(map(len, table)) <= 170, table
 
 
 def test_the_trained_model_predicts_new_images(repro, tmp_path):
@@ -363,6 +390,7 @@ def test_experiment_then_metrics_params_and_plots_diff_between_commits(repro, tm
 
 def screenshot_renders(page, png):
     """Headless Chromium opens the page and the screenshot is not blank: the plots really render."""
+    import re
     import shutil
 
     import numpy as np
@@ -370,16 +398,9 @@ def screenshot_renders(page, png):
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Chromium is needed for this check: apt-get install chromium (.ci/run does)"
-    # DVC's page loads Vega from a CDN, out of reach here: point it at the copies .ci/run installs.
-    vega = ROOT / ".ci/vega/node_modules"
-    assert (vega / "vega-embed/build/vega-embed.min.js").is_file(), "run .ci/run once: it installs Vega for this check"
+    # The page as DVC wrote it, through .dvc/plots/offline.html: nothing to fetch, so it renders offline.
     html = page.read_text()
-    for name, version in (("vega", "5.20.2"), ("vega-lite", "5.2.0"), ("vega-embed", "6.18.2")):
-        cdn = f"https://cdn.jsdelivr.net/npm/{name}@{version}"
-        assert cdn in html, f"DVC's page no longer loads {cdn}"
-        html = html.replace(cdn, (vega / name / "build" / f"{name}.min.js").as_uri())
-    page = page.with_name("offline.html")
-    page.write_text(html)
+    assert "vegaEmbed" in html and not re.search(r"""<script[^>]+src=|<link[^>]+href=["']?https?:""", html)
     subprocess.run(
         [
             chromium,
@@ -389,6 +410,8 @@ def screenshot_renders(page, png):
             "--disable-quic",
             "--no-first-run",
             "--disable-background-networking",
+            "--proxy-server=127.0.0.1:9",  # no network, as on a laptop offline
+            "--proxy-bypass-list=<-loopback>",
             "--disable-component-update",
             "--disable-sync",
             f"--user-data-dir={png.parent / 'chromium-profile'}",
@@ -484,3 +507,17 @@ def test_s3_remote_round_trip_through_a_local_s3_server(repro, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_the_offline_plots_template_is_the_vega_that_dvc_render_asks_for():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plots_template", ROOT / ".ci/plots_template.py")
+    template = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(template)
+    import dvc_render.vega
+
+    source = open(dvc_render.vega.__file__).read()
+    for name, version in template.LIBRARIES:  # the versions dvc-render's own page loads from its CDN
+        assert f"https://cdn.jsdelivr.net/npm/{name}@{version}" in source
+    assert template.TEMPLATE.read_text(encoding="utf8") == template.page()

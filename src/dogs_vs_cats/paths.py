@@ -22,9 +22,11 @@ PREPARE_REPORT = Path("metrics/prepare.json")
 TRAIN_METRICS = Path("metrics/train.json")
 TRAIN_LOG = Path("metrics/train_log.csv")  # every epoch
 VAL_LOG = Path("metrics/val_log.csv")  # the validated epochs only
+TRAIN_CURVES = Path("metrics/training_curves.png")  # both logs drawn: the original demo's figure
 EVAL_METRICS = Path("metrics/eval.json")
-EVAL_PLOTS = Path("metrics/plots")
-EXPORT_METRICS = Path("metrics/export.json")
+EVAL_PLOTS = Path("metrics/plots")  # confusion, ROC and precision-recall as CSV; confusion.png and roc.png
+EXPORT_METRICS = Path("metrics/export.json")  # the int8 form's size and scores: what `dvc metrics` compares
+EXPORT_REPORT = Path("metrics/export_forms.json")  # every form: size, scores and latency (changes every run)
 
 # Working folders outside DVC's outputs, so DVC does not delete them before a re-run.
 DOWNLOAD_STAGING = Path("data/.download")  # partial downloads the kaggle client resumes

@@ -4,6 +4,7 @@
     fit         -> train them, validating, logging and checkpointing every epoch (callbacks.py)
     calibrate   -> fit a temperature on validation and fold it into the net (calibrate.py)
     ship        -> save the float32 net, with its test-time views, as data/model/model.keras
+    report      -> metrics/train.json and the training curves' picture
 
 The architecture is in model.py, the optimiser recipe in recipe.py, the input stream in
 inputs.py and the multi-worker loop in distributed.py. A run that is killed resumes from
@@ -26,11 +27,12 @@ from .calibrate import fit_temperature, fold_temperature, view_logits
 from .callbacks import EpochState, Validation, WeightAverage, resume
 from .common import atomic_path, log, write_json
 from .distributed import choose_strategy, fit_replicated
+from .figures import training_curves
 from .inputs import train_dataset
 from .layers import TestTimeViews
 from .model import from_params, with_tta
 from .params import Params, as_dict
-from .paths import MODEL, TRAIN_METRICS, TRAIN_STATE, prepared
+from .paths import MODEL, TRAIN_CURVES, TRAIN_LOG, TRAIN_METRICS, TRAIN_STATE, VAL_LOG, prepared
 from .recipe import choose_precision, compile_for_training
 from .records import count_records
 
@@ -147,6 +149,7 @@ def run(params: Params, callbacks: tuple = ()) -> None:
         {
             "model": t.model,
             "params": int(final.count_params()),
+            "model_bytes": MODEL.stat().st_size,
             "precision": precision,
             "epochs": len(history),
             "accuracy": last.get("accuracy"),
@@ -157,5 +160,6 @@ def run(params: Params, callbacks: tuple = ()) -> None:
             "wall_s": round(wall, 1),
         },
     )
+    training_curves(TRAIN_LOG, VAL_LOG, TRAIN_CURVES)
     shutil.rmtree(TRAIN_STATE, ignore_errors=True)
     log(f"train: done in {wall:.0f}s; temperature {temperature:.3f}; model in {MODEL}")
