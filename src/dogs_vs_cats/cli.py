@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=8080)
     v.add_argument("--max-bytes", type=int, default=10 << 20, help="largest accepted upload (default 10 MiB)")
+    v.add_argument(
+        "--max-pixels", type=int, default=40_000_000, help="largest decoded photo, in pixels (default 40 million)"
+    )
+    v.add_argument("--timeout", type=float, default=20.0, help="seconds a client has to send a request (default 20)")
+    v.add_argument("--max-connections", type=int, default=32, help="connections served at once (default 32)")
     return parser
 
 
@@ -84,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "serve":
             from . import serve
 
-            serve.run(args.model, args.host, args.port, args.max_bytes)
+            serve.run(
+                args.model, args.host, args.port, args.max_bytes, args.max_pixels, args.timeout, args.max_connections
+            )
         else:
             from . import params as params_module
 
