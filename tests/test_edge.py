@@ -64,15 +64,31 @@ def test_the_shipped_int8_form_has_one_scale_per_output_channel(models):
     from dogs_vs_cats.predict import _litert
 
     paths, _ = models
-    kernels = [
-        d
-        for d in _litert().Interpreter(model_path=str(paths["int8"])).get_tensor_details()
-        if d["dtype"] == np.int8 and len(d["shape"]) == 4
-    ]  # conv kernels: (out, h, w, in)
-    assert len(kernels) >= 26  # conv1, three per fire module, conv10
+    interpreter = _litert().Interpreter(model_path=str(paths["int8"]))
+    tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
+    # Every convolution's filter (its second input): conv1, three per fire module, conv10.
+    kernels = [tensors[op["inputs"][1]] for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"]
+    assert len(kernels) == 26 and all(d["dtype"] == np.int8 for d in kernels)
     for d in kernels:
         q = d["quantization_parameters"]
         assert len(q["scales"]) == d["shape"][q["quantized_dimension"]] > 1, d["name"]
+
+
+def test_exported_files_drop_tensor_names_and_answer_exactly_as_before(models, tmp_path):
+    import tensorflow as tf
+
+    from dogs_vs_cats.export import without_names
+    from dogs_vs_cats.predict import Predictor, _litert
+
+    paths, x = models
+    named = tf.lite.TFLiteConverter.from_keras_model(keras.models.load_model(paths["keras"])).convert()
+    (tmp_path / "named.tflite").write_bytes(named)
+    (tmp_path / "plain.tflite").write_bytes(without_names(named))
+    assert (tmp_path / "plain.tflite").stat().st_size < len(named) - 1000
+    assert np.array_equal(Predictor(tmp_path / "plain.tflite").p_dog(x), Predictor(tmp_path / "named.tflite").p_dog(x))
+    for form in ("float32", "float16", "int8"):  # the export stage's files: no names left
+        details = _litert().Interpreter(model_path=str(paths[form])).get_tensor_details()
+        assert not any(d["name"] for d in details), form
 
 
 def test_predict_with_tflite_needs_no_tensorflow(models, tmp_path):
@@ -123,7 +139,13 @@ def service(models):
             "--port",
             str(port),
             "--max-bytes",
-            "200000",
+            "1000000",
+            "--max-pixels",
+            "4000000",
+            "--timeout",
+            "3",
+            "--max-connections",
+            "10",
         ],
         env=project_env(),
         stdout=subprocess.PIPE,
@@ -137,12 +159,13 @@ def service(models):
         except OSError:
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
             time.sleep(0.1)
-    yield port
+    yield port, proc.pid
     proc.terminate()
     proc.wait(timeout=10)
 
 
-def request(port, method, path, body=None, headers=None):
+def request(service, method, path, body=None, headers=None):
+    port = service[0] if isinstance(service, tuple) else service
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     conn.request(method, path, body=body, headers=headers or {})
     resp = conn.getresponse()
@@ -170,7 +193,7 @@ def test_service_answers_p_dog_and_label(service, models):
     [
         ("POST", "/predict", b"this is text", 415, "not a decodable image"),
         ("POST", "/predict", b"", 400, "empty body"),
-        ("POST", "/predict", b"x" * 200_001, 413, "limit is 200000"),
+        ("POST", "/predict", b"x" * 1_000_001, 413, "limit is 1000000"),
         ("GET", "/predict", None, 405, "use POST"),
         ("DELETE", "/predict", None, 405, "DELETE is not supported"),
         ("POST", "/elsewhere", b"x", 404, "no such path /elsewhere"),
@@ -189,3 +212,85 @@ def test_service_handles_concurrent_requests(service):
     # Each answer belongs to its own image: the same image asked again alone gives the same answer.
     for img, (_, body) in list(zip(images, results))[:4]:
         assert request(service, "POST", "/predict", img)[1]["p_dog"] == body["p_dog"]
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM)."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def _bomb(side: int) -> bytes:
+    """A PNG of one colour that is a few hundred KB on the wire and `side` x `side` pixels decoded."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (side, side), 128).save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_in_bounded_memory_and_time(service):
+    port, pid = service
+    bomb = _bomb(11_000)  # 121 million pixels, under Pillow's own bomb limit
+    assert len(bomb) < 1_000_000
+    request(service, "POST", "/predict", image_bytes("dog", (100, 80)))  # warm: the interpreter's first allocations
+    before = _peak_rss_mb(pid)
+    start = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:  # four at once: the issue's 3.9 GB
+        results = list(pool.map(lambda _: request(service, "POST", "/predict", bomb), range(4)))
+    assert time.monotonic() - start < 5
+    for status, body in results:
+        assert status == 413 and "121,000,000 pixels; the limit is 4,000,000" in body["error"]
+    assert _peak_rss_mb(pid) - before < 50  # decoded, the four would have needed gigabytes
+    assert request(service, "POST", "/predict", image_bytes("cat", (100, 80)))[0] == 200
+
+
+def test_a_client_that_trickles_its_request_is_cut_off_at_the_timeout(service):
+    port, _ = service
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+    start = time.monotonic()
+    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n")
+    answer = b""
+    try:
+        for _ in range(30):  # a byte a quarter second: each read is quick, the whole request never ends
+            sock.sendall(b"x")
+            time.sleep(0.25)
+    except OSError:
+        pass  # the service closed the connection
+    try:
+        answer = sock.recv(4096)
+    except OSError:
+        pass
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 408") and b"within 3 s" in answer, answer
+    assert time.monotonic() - start < 3 + 2.5
+
+
+def test_a_client_that_sends_half_its_headers_and_stops_is_dropped(service):
+    port, _ = service
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+    start = time.monotonic()
+    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+    assert sock.recv(4096) == b""  # closed by the service, not by this client's own timeout
+    sock.close()
+    assert time.monotonic() - start < 3 + 2.5
+
+
+def test_connections_past_the_limit_get_503_and_the_service_recovers(service):
+    port, _ = service
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=15) for _ in range(10)]
+    try:
+        time.sleep(0.3)  # let the service take all ten
+        status, body = request(service, "GET", "/health")
+        assert status == 503 and "busy" in body["error"]
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.monotonic() + 10
+    while request(service, "GET", "/health")[0] != 200:
+        assert time.monotonic() < deadline, "the service did not recover after the idle connections closed"
+        time.sleep(0.2)

@@ -55,7 +55,20 @@ def convert(model, form: str, calibration: np.ndarray, settings: Export) -> byte
     # Keras prints the exported graph's every variable signature (hundreds of lines) to stdout while
     # converting; the stage's own log says what is happening.
     with contextlib.redirect_stdout(io.StringIO()):
-        return converter.convert()
+        return without_names(converter.convert())
+
+
+def without_names(tflite: bytes) -> bytes:
+    """The model without its tensor names and signature: strings no interpreter needs to run it.
+
+    `predict` and `serve` address the one input and output by index, so nothing is lost for
+    them; a caller of LiteRT's signature runner would have to use the tensor details instead.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite))
+    flatbuffer_utils.strip_strings(model)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def latency_ms(predictor: Predictor, image: np.ndarray, runs: int) -> float:

@@ -1,0 +1,71 @@
+"""The README's figures are the committed results': the headline, the results table, the model forms."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from harness import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def _load(rel: str) -> dict:
+    return json.loads((ROOT / rel).read_text())
+
+
+def _table(marker: str) -> list[list[str]]:
+    """The rows (cells, markdown stripped) of the first table after `<!-- marker`."""
+    lines = README[README.index(f"<!-- {marker}") :].splitlines()[1:]
+    rows = []
+    for line in lines[2:]:  # after the header and the --- line
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip().strip("*`").strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def _number(cell: str) -> float:
+    return float(re.match(r"[\d,.]+", cell).group().replace(",", ""))
+
+
+def test_the_headline_is_the_recorded_default_run():
+    ev, train, export = _load("metrics/eval.json"), _load("metrics/train.json"), _load("metrics/export.json")
+    result = _load("bench/results/accuracy-default.json")
+    (row,) = _table("headline")
+    accuracy, log_loss, auc, kaggle, training, int8 = row
+    assert accuracy == f"{ev['holdout']['accuracy']:.3f}"
+    assert log_loss == f"{ev['holdout']['log_loss']:.3f}"
+    assert auc == f"{ev['holdout']['roc_auc']:.3f}"
+    assert training.startswith(f"{train['wall_s'] / 60:.1f} min on 2 cores of an AMD EPYC")
+    assert _number(int8) == export["int8"]["bytes"]
+    # The Kaggle score comes from the result file, which must be the run that metrics/ records.
+    assert kaggle == f"{result['kaggle_log_loss']:.3f}"
+    assert (result["holdout_accuracy"], result["holdout_log_loss"]) == (
+        ev["holdout"]["accuracy"],
+        ev["holdout"]["log_loss"],
+    )
+    assert result["train_wall_s"] == train["wall_s"] and result["overrides"] == {}
+
+
+def test_each_results_row_is_its_result_file():
+    rows = _table("results")
+    assert len(rows) >= 2
+    for name, accuracy, log_loss, kaggle, training, source in rows:
+        result = _load(source)
+        assert accuracy == f"{result['holdout_accuracy']:.3f}", name
+        assert log_loss == f"{result['holdout_log_loss']:.3f}", name
+        assert kaggle == f"{result['kaggle_log_loss']:.3f}", name
+        assert training.startswith(f"{result['train_wall_s'] / 60:.1f} min"), name
+
+
+def test_each_model_form_row_is_the_export_stages_report():
+    forms = _load("metrics/export_forms.json")
+    rows = {row[0].split()[0].lower(): row for row in _table("forms")}
+    assert set(rows) == {"keras", "float32", "float16", "int8"}
+    for form, (_, size, accuracy, log_loss, ms, source) in rows.items():
+        assert source == "metrics/export_forms.json"
+        assert _number(size) == forms[form]["bytes"], form
+        assert accuracy == f"{forms[form]['accuracy']:.3f}" and log_loss == f"{forms[form]['log_loss']:.3f}", form
+        if form != "keras":  # the Keras model is timed on all threads only
+            assert _number(ms) == round(forms[form]["latency_ms"]["one_thread"], 1), form
