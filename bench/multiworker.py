@@ -26,26 +26,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from dogs_vs_cats.common import machine  # noqa: E402
-from harness import BIN, bench_arguments, copy_project, free_ports, overrides, project_env, set_params  # noqa: E402
+from harness import (  # noqa: E402
+    BIN,
+    bench_arguments,
+    copy_project,
+    free_ports,
+    overrides,
+    project_env,
+    set_params,
+    train_workers,
+)  # noqa: E402
 
 
-def _train(folders: list[Path], env: dict, tf_configs: list[dict] | None = None) -> float:
+def _train(folders: list[Path], env: dict, cluster: dict | None = None) -> float:
     """Run the train stage in each folder at once; the wall time until the last one ends."""
     t0 = time.monotonic()
-    procs = [
-        subprocess.Popen(
-            [str(BIN / "dogs-vs-cats"), "train"],
-            cwd=folder,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=dict(env, TF_CONFIG=json.dumps(tf_configs[i])) if tf_configs else env,
-        )
-        for i, folder in enumerate(folders)
-    ]
-    errs = [p.communicate()[1] for p in procs]
-    for folder, proc, err in zip(folders, procs, errs):
-        if proc.returncode != 0:
+    for folder, (code, err) in zip(folders, train_workers(folders, cluster, env)):
+        if code != 0:
             sys.exit(f"bench/multiworker: train failed in {folder}:\n{err[-3000:]}")
     return time.monotonic() - t0
 
@@ -83,12 +80,11 @@ def main() -> int:
         for folder in workers:
             set_params(folder, **{"train.strategy": "multi_worker"})
         cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(args.workers)]}
-        tf_configs = [{"cluster": cluster, "task": {"type": "worker", "index": i}} for i in range(args.workers)]
 
         print("bench/multiworker: training with fit()", file=sys.stderr, flush=True)
         wall_fit = _train([single], env)
         print(f"bench/multiworker: training on {args.workers} workers", file=sys.stderr, flush=True)
-        wall_workers = _train(workers, env, tf_configs)
+        wall_workers = _train(workers, env, cluster)
 
         def figures(folder: Path, wall: float) -> dict:
             m = json.loads((folder / "metrics/train.json").read_text())

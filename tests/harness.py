@@ -201,6 +201,35 @@ def fake_kaggle_for(competition: Path) -> FakeKaggle:
     return FakeKaggle(competition, competition.parent / f"{COMPETITION}.solution.csv")
 
 
+def train_workers(folders: list[Path], cluster: dict | None = None, env: dict | None = None) -> list[tuple[int, str]]:
+    """Run the train stage in every folder at once, worker i of `cluster` (TF_CONFIG) in folder i,
+    or each on its own without one; (exit code, stderr) of each, once all have ended."""
+    import json
+
+    def tf_config(i):
+        return (
+            {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})} if cluster else {}
+        )
+
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "dogs-vs-cats"), "train"],
+            cwd=folder,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**(env or project_env()), **tf_config(i)},
+        )
+        for i, folder in enumerate(folders)
+    ]
+    try:
+        errors = [p.communicate()[1] for p in procs]
+        return [(p.returncode, err) for p, err in zip(procs, errors)]
+    finally:
+        for p in procs:
+            p.kill()
+
+
 def run_group(cmd, **kwargs) -> subprocess.CompletedProcess:
     """Run `cmd` in its own process group, and stop the whole group if this script is stopped.
 

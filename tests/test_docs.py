@@ -69,3 +69,32 @@ def test_each_model_form_row_is_the_export_stages_report():
         assert accuracy == f"{forms[form]['accuracy']:.3f}" and log_loss == f"{forms[form]['log_loss']:.3f}", form
         if form != "keras":  # the Keras model is timed on all threads only
             assert _number(ms) == round(forms[form]["latency_ms"]["one_thread"], 1), form
+
+
+def test_the_readmes_metrics_table_is_what_dvc_metrics_show_prints_for_the_committed_metrics():
+    import subprocess
+
+    from harness import BIN, project_env
+
+    shown = subprocess.run(
+        [str(BIN / "dvc"), "metrics", "show"], cwd=ROOT, env=project_env(), capture_output=True, text=True, timeout=120
+    )
+    assert shown.returncode == 0, shown.stderr
+    lines = [line.rstrip() for line in shown.stdout.splitlines() if line.strip()]
+    assert len(lines) == 3 and max(map(len, lines)) <= 160
+    readme = [line.strip() for line in README.splitlines()]
+    assert all(line.strip() in readme for line in lines), lines
+
+
+def test_the_record_quotes_the_current_default_as_its_result_file_has_it():
+    result = _load("bench/results/accuracy-default.json")
+    docs = (ROOT / "docs/experiments.md").read_text()
+    row = next(line for line in docs.splitlines() if line.startswith("| mixed stream, 120 epochs"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:4] == [
+        f"{result['holdout_accuracy']:.3f}",
+        f"{result['holdout_log_loss']:.3f}",
+        f"{result['holdout_roc_auc']:.3f}",
+    ]
+    assert cells[4] == f"{result['val_accuracy']:.3f} / {result['val_log_loss']:.3f}"
+    assert cells[5] == f"{result['kaggle_log_loss']:.3f}" and cells[6] == f"{result['train_wall_s'] / 60:.1f} min"

@@ -294,3 +294,35 @@ def test_connections_past_the_limit_get_503_and_the_service_recovers(service):
     while request(service, "GET", "/health")[0] != 200:
         assert time.monotonic() < deadline, "the service did not recover after the idle connections closed"
         time.sleep(0.2)
+
+
+def test_serve_with_tflite_needs_no_tensorflow(models, tmp_path):
+    paths, _ = models
+    (tmp_path / "blocker").mkdir()
+    for name in ("tensorflow", "keras"):  # each leaves a mark if anything tries to import it
+        (tmp_path / f"blocker/{name}.py").write_text(
+            f"open({str(tmp_path / name)!r} + '.imported', 'w').close()\n"
+            f"raise ImportError('{name} is not installed on this device')\n"
+        )
+    (port,) = free_ports()
+    proc = subprocess.Popen(
+        [str(BIN / "dogs-vs-cats"), "serve", "--model", str(paths["int8"]), "--port", str(port)],
+        env=project_env({"PYTHONPATH": str(tmp_path / "blocker")}),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
+                time.sleep(0.1)
+        status, body = request(port, "POST", "/predict", image_bytes("dog", (120, 90)))
+        assert status == 200 and 0 <= body["p_dog"] <= 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert not list(tmp_path.glob("*.imported")), "serve imported TensorFlow or Keras"

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from harness import BIN, copy_project, free_ports, make_competition, project_env, run_cli, set_params
+from harness import BIN, copy_project, free_ports, make_competition, project_env, run_cli, set_params, train_workers
 
 pytestmark = pytest.mark.slow  # trains for real, kills and races real processes
 
@@ -199,23 +199,9 @@ def test_multi_worker_trains_two_workers_in_step_from_tf_config(tiny, tmp_path):
     set_params(tiny, **{"train.strategy": "multi_worker", "train.epochs": 3})
     second = shutil.copytree(tiny, tmp_path / "machine2", symlinks=True)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
-    workers = [
-        subprocess.Popen(
-            [str(BIN / "dogs-vs-cats"), "train"],
-            cwd=folder,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=project_env({"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}),
-        )
-        for i, folder in enumerate((tiny, second))
-    ]
-    try:
-        errs = [w.communicate(timeout=300)[1] for w in workers]
-    finally:
-        for w in workers:
-            w.kill()
-    assert [w.returncode for w in workers] == [0, 0], errs
+    results = train_workers((tiny, second), cluster)
+    errs = [err for _, err in results]
+    assert [code for code, _ in results] == [0, 0], errs
     assert all("strategy multi_worker (2 replica(s))" in e and "Epoch 3/3" in e for e in errs)
     nets = [keras.models.load_model(folder / "data/model/model.keras") for folder in (tiny, second)]
     for a, b in zip(*(net.get_weights() for net in nets)):
