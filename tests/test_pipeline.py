@@ -231,6 +231,20 @@ def test_editing_code_reruns_exactly_the_stages_that_run_it(repro):
         assert _edit_and_status(repro, untouched) == set(), untouched
 
 
+def test_training_again_on_the_same_commit_changes_no_score(repro):
+    p, env = repro["project"], repro["env"]
+    before = {f: (p / f).read_text() for f in ("metrics/eval.json", "metrics/export.json", "metrics/train_log.csv")}
+    forced = dvc(["repro", "-f", "-s", "train"], p, env)
+    assert forced.returncode == 0 and "Running stage 'train'" in forced.stdout, forced.stderr[-2000:]
+    again = dvc(["repro"], p, env)  # the saved model's file differs (Keras stamps the date), so the readers re-run
+    assert again.returncode == 0, again.stderr[-2000:]
+    after = {f: (p / f).read_text() for f in before}
+    train_log = [line.rsplit(",", 1)[0] for line in after["metrics/train_log.csv"].splitlines()]  # timings aside
+    assert train_log == [line.rsplit(",", 1)[0] for line in before["metrics/train_log.csv"].splitlines()]
+    assert after["metrics/eval.json"] == before["metrics/eval.json"]
+    assert after["metrics/export.json"] == before["metrics/export.json"]
+
+
 def test_rerunning_prepare_on_the_same_inputs_does_not_retrain(repro):
     # prepare's report holds a throughput, which differs every run: train must depend on the
     # prepared images only, and those must come out byte-identical.
