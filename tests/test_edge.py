@@ -126,39 +126,32 @@ def test_predict_with_tflite_needs_no_tensorflow(models, tmp_path):
     assert 0 <= float(row["p_dog"]) <= 1
 
 
-@pytest.fixture(scope="module")
-def service(models):
-    paths, _ = models
+def _serve(model, options: list[str], env: dict | None = None):
+    """`dogs-vs-cats serve` on a free port, once it accepts connections: (port, process)."""
     (port,) = free_ports()
     proc = subprocess.Popen(
-        [
-            str(BIN / "dogs-vs-cats"),
-            "serve",
-            "--model",
-            str(paths["int8"]),
-            "--port",
-            str(port),
-            "--max-bytes",
-            "1000000",
-            "--max-pixels",
-            "4000000",
-            "--timeout",
-            "3",
-            "--max-connections",
-            "10",
-        ],
-        env=project_env(),
-        stdout=subprocess.PIPE,
+        [str(BIN / "dogs-vs-cats"), "serve", "--model", str(model), "--port", str(port), *options],
+        env=project_env(env),
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 60
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
+            return port, proc
         except OSError:
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
             time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def service(models):
+    paths, _ = models
+    port, proc = _serve(
+        paths["int8"],
+        ["--max-bytes", "1000000", "--max-pixels", "4000000", "--timeout", "3", "--max-connections", "10"],
+    )
     yield port, proc.pid
     proc.terminate()
     proc.wait(timeout=10)
@@ -304,22 +297,8 @@ def test_serve_with_tflite_needs_no_tensorflow(models, tmp_path):
             f"open({str(tmp_path / name)!r} + '.imported', 'w').close()\n"
             f"raise ImportError('{name} is not installed on this device')\n"
         )
-    (port,) = free_ports()
-    proc = subprocess.Popen(
-        [str(BIN / "dogs-vs-cats"), "serve", "--model", str(paths["int8"]), "--port", str(port)],
-        env=project_env({"PYTHONPATH": str(tmp_path / "blocker")}),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    port, proc = _serve(paths["int8"], [], {"PYTHONPATH": str(tmp_path / "blocker")})
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
-                time.sleep(0.1)
         status, body = request(port, "POST", "/predict", image_bytes("dog", (120, 90)))
         assert status == 200 and 0 <= body["p_dog"] <= 1
     finally:
