@@ -49,7 +49,8 @@ def main() -> int:
     with fake_kaggle_for(args.shared) as fake:
         env = project_env(fake.env(), home=work / "home")
         start = time.monotonic()
-        repro = run_group([str(BIN / "dvc"), "repro"], cwd=project, env=env)
+        stages = {}
+        repro = run_group([str(BIN / "dvc"), "repro"], memory=stages, cwd=project, env=env)
         wall = time.monotonic() - start
         if repro.returncode != 0:
             print(f"bench/accuracy: dvc repro failed (exit {repro.returncode})", file=sys.stderr)
@@ -80,6 +81,7 @@ def main() -> int:
         "precision": train["precision"],
         "repro_wall_s": round(wall, 1),
         "machine": machine(),
+        "stages": stages,
     }
     print(json.dumps(result, indent=2))
     print(
@@ -87,6 +89,7 @@ def main() -> int:
         f"fake Kaggle score {result['kaggle_log_loss']} | train {train['wall_s'] / 60:.1f} min | "
         f"dvc repro {wall / 60:.1f} min"
     )
+    print("peak memory: " + ", ".join(f"{k} {v['peak_rss_mb']:,} MB" for k, v in stages.items()))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0

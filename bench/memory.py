@@ -21,12 +21,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -36,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from dogs_vs_cats import params as P  # noqa: E402
 from dogs_vs_cats.cli import STAGES  # noqa: E402
 from dogs_vs_cats.common import machine  # noqa: E402
-from harness import BIN, bench_arguments, copy_project, overrides, project_env, set_params  # noqa: E402
+from harness import BIN, StageMemory, bench_arguments, copy_project, overrides, project_env, set_params  # noqa: E402
 
 
 def build_competition(shared: Path, dest: Path, n_train: int, n_test: int) -> None:
@@ -63,31 +61,6 @@ def build_competition(shared: Path, dest: Path, n_train: int, n_test: int) -> No
         writer.writerows([i + 1, 0.5] for i in range(n_test))
 
 
-def _tree_rss_mb(root: int) -> tuple[float, float]:
-    """(summed RSS of `root` and all its descendants, the largest single one), in MB."""
-    parent = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                stat = Path(f"/proc/{entry.name}/stat").read_text()
-                parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    tree, frontier = {root}, [root]
-    while frontier:
-        frontier = [pid for pid, ppid in parent.items() if ppid in frontier and pid not in tree]
-        tree.update(frontier)
-    sizes = []
-    for pid in tree:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    sizes.append(int(line.split()[1]) / 1024)
-        except OSError:
-            pass
-    return sum(sizes), max(sizes, default=0.0)
-
-
 def run_stage(stage: str, project: Path, env: dict) -> dict:
     """Run one stage, sampling its process tree's memory; its figures and wall time."""
     t0 = time.monotonic()
@@ -99,26 +72,14 @@ def run_stage(stage: str, project: Path, env: dict) -> dict:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    peak = {"total": 0.0, "largest": 0.0}
-
-    def sample():
-        while proc.poll() is None:
-            total, largest = _tree_rss_mb(proc.pid)
-            peak["total"], peak["largest"] = max(peak["total"], total), max(peak["largest"], largest)
-            time.sleep(0.1)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    output = proc.stdout.read()
-    proc.wait()
-    sampler.join()
+    with StageMemory(proc.pid, STAGES) as sampler:
+        output = proc.stdout.read()
+        proc.wait()
     if proc.returncode != 0:
         sys.exit(f"bench/memory: stage {stage} failed:\n{output[-3000:]}")
-    return {
-        "peak_rss_mb": round(peak["total"]),
-        "largest_process_mb": round(peak["largest"]),
-        "wall_s": round(time.monotonic() - t0, 1),
-    }
+    # A stage that ends before the first sample (download, from a cache) has no figures of its own.
+    seen = sampler.figures().get(stage, {"peak_rss_mb": None, "largest_process_mb": None})
+    return {**seen, "wall_s": round(time.monotonic() - t0, 1)}
 
 
 def main() -> int:
@@ -184,10 +145,10 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2))
-    peak = max(stages.values(), key=lambda s: s["peak_rss_mb"])
+    peak = max(stages.values(), key=lambda s: s["peak_rss_mb"] or 0)
     print(
         f"peak memory at {args.train:,} + {args.test:,} photos, {args.size} px: "
-        + ", ".join(f"{k} {v['peak_rss_mb']:,} MB" for k, v in stages.items())
+        + ", ".join(f"{k} {v['peak_rss_mb'] or 0:,} MB" for k, v in stages.items())
         + f"; the most any stage needs: {peak['peak_rss_mb']:,} MB (prepared store {sum(store.values()):,} MB on disk)"
     )
     return 0

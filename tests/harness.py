@@ -13,6 +13,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -230,15 +232,103 @@ def train_workers(folders: list[Path], cluster: dict | None = None, env: dict | 
             p.kill()
 
 
-def run_group(cmd, **kwargs) -> subprocess.CompletedProcess:
+def run_group(cmd, memory: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     """Run `cmd` in its own process group, and stop the whole group if this script is stopped.
 
-    Killing only `dvc repro` would leave its training running, orphaned.
+    Killing only `dvc repro` would leave its training running, orphaned. With `memory` (a dict),
+    each pipeline stage's peak memory and wall time (StageMemory.figures) are put in it.
     """
+    from dogs_vs_cats.cli import STAGES
+
     proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
     try:
-        return subprocess.CompletedProcess(cmd, proc.wait())
+        with StageMemory(proc.pid, STAGES) as sampler:
+            code = proc.wait()
+        if memory is not None:
+            memory.update(sampler.figures())
+        return subprocess.CompletedProcess(cmd, code)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait()
+
+
+def _processes() -> dict[int, tuple[int, list[str], float]]:
+    """Every process now: pid -> (parent pid, argv, RSS in MB)."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+            argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            rss = 0.0
+            for line in Path(f"/proc/{entry.name}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) / 1024
+            found[int(entry.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), argv, rss)
+        except (OSError, IndexError, ValueError):
+            pass
+    return found
+
+
+class StageMemory:
+    """Samples, every 0.1 s, the resident memory (RSS) of each pipeline stage under process `root`.
+
+    A stage is a `dogs-vs-cats STAGE` process (run directly, or by `dvc repro` through a shell)
+    with all its descendants (decode workers); their RSS is summed, an upper bound, since pages
+    the processes share count once per process. `figures()` gives, for each stage seen, its peak,
+    its largest single process, and its wall time (first to last sample, so to 0.1 s).
+    """
+
+    def __init__(self, root: int, stages):
+        self.root, self.stages = root, set(stages)
+        self.seen: dict[str, dict] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _stage_of(self, argv: list[str]) -> str | None:
+        for i, arg in enumerate(argv[:-1]):
+            if Path(arg).name == "dogs-vs-cats" and argv[i + 1] in self.stages:
+                return argv[i + 1]
+        return None
+
+    def _sample(self):
+        while not self._stop.is_set():
+            procs, now = _processes(), time.monotonic()
+            children = {}
+            for pid, (ppid, _, _) in procs.items():
+                children.setdefault(ppid, []).append(pid)
+            totals = {}
+            frontier = [(self.root, None)]
+            while frontier:  # walk down from root; a stage's descendants inherit its name
+                pid, stage = frontier.pop()
+                if pid not in procs:
+                    continue
+                stage = self._stage_of(procs[pid][1]) or stage
+                if stage:
+                    total, largest = totals.get(stage, (0.0, 0.0))
+                    totals[stage] = (total + procs[pid][2], max(largest, procs[pid][2]))
+                frontier += [(child, stage) for child in children.get(pid, ())]
+            for stage, (total, largest) in totals.items():
+                s = self.seen.setdefault(stage, {"peak": 0.0, "largest": 0.0, "first": now, "last": now})
+                s["peak"], s["largest"], s["last"] = max(s["peak"], total), max(s["largest"], largest), now
+            self._stop.wait(0.1)
+
+    def figures(self) -> dict[str, dict]:
+        return {
+            stage: {
+                "peak_rss_mb": round(s["peak"]),
+                "largest_process_mb": round(s["largest"]),
+                "wall_s": round(s["last"] - s["first"], 1),
+            }
+            for stage, s in self.seen.items()
+        }
