@@ -22,9 +22,9 @@ pytestmark = pytest.mark.slow  # converts to TFLite and serves over HTTP
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """A small SqueezeNet with a sharpened head (so answers vary), as .keras and all three TFLite forms."""
+    """A small SqueezeNet with a sharpened head (so answers vary), as .keras and every TFLite form."""
     from dogs_vs_cats import params as P
-    from dogs_vs_cats.export import convert
+    from dogs_vs_cats.export import FORMS, convert
     from dogs_vs_cats.images import load_image
     from dogs_vs_cats.model import squeezenet, with_tta
 
@@ -37,7 +37,7 @@ def models(tmp_path_factory):
     model = with_tta(net, flip=True, crop=0.8)  # every view the train stage ships
     model.save(folder / "model.keras")
     paths = {"keras": folder / "model.keras"}
-    for form in ("float32", "float16", "int8"):
+    for form in FORMS:
         paths[form] = folder / f"model_{form}.tflite"
         # The shipped settings, as the export stage passes them: per-channel int8 by default.
         paths[form].write_bytes(convert(model, form, x[:16], P.load(ROOT / "params.yaml").export))
@@ -50,9 +50,9 @@ def test_tflite_forms_agree_with_keras_and_shrink(models):
     paths, x = models
     reference = Predictor(paths["keras"]).p_dog(x)
     assert reference.std() > 0.05  # a model that says something, so agreement means something
-    sizes = {form: paths[form].stat().st_size for form in ("float32", "float16", "int8")}
-    assert sizes["int8"] < sizes["float16"] < sizes["float32"]
-    for form, tol in (("float32", 1e-4), ("float16", 0.02), ("int8", 0.15)):
+    sizes = {form: paths[form].stat().st_size for form in ("float32", "float16", "int8", "int4")}
+    assert sizes["int4"] < 0.6 * sizes["int8"] and sizes["int8"] < sizes["float16"] < sizes["float32"]
+    for form, tol in (("float32", 1e-4), ("float16", 0.02), ("int8", 0.15), ("int4", 0.25)):
         got = Predictor(paths[form]).p_dog(x)
         assert np.abs(got - reference).max() < tol, form
         assert ((got >= 0.5) == (reference >= 0.5)).mean() >= 0.9
@@ -74,24 +74,63 @@ def test_the_shipped_int8_form_has_one_scale_per_output_channel(models):
         assert len(q["scales"]) == d["shape"][q["quantized_dimension"]] > 1, d["name"]
 
 
-def test_exported_files_drop_tensor_names_and_answer_exactly_as_before(models, tmp_path):
+def test_the_int4_form_stores_4_bit_filters_but_keeps_the_first_and_last_at_8_bits(models):
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    paths, _ = models
+    model = flatbuffer_utils.read_model(str(paths["int4"]))  # the file itself: LiteRT reports int4 as int8
+    (graph,) = model.subgraphs
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    convs = [op for op in graph.operators if codes[op.opcodeIndex] == schema.BuiltinOperator.CONV_2D]
+    kernels = [graph.tensors[op.inputs[1]] for op in convs]
+    assert len(kernels) == 26
+    assert [k.type for k in kernels] == [schema.TensorType.INT8] + [schema.TensorType.INT4] * 24 + [
+        schema.TensorType.INT8
+    ]
+    for k in kernels:  # one scale per output channel; two 4-bit weights a byte
+        assert len(k.quantization.scale) == k.shape[k.quantization.quantizedDimension] > 1
+        packed = len(model.buffers[k.buffer].data)
+        assert packed == (np.prod(k.shape) + 1) // 2 if k.type == schema.TensorType.INT4 else np.prod(k.shape)
+    # Integer arithmetic throughout: every convolution reads int8 activations.
+    assert {graph.tensors[op.inputs[0]].type for op in convs} == {schema.TensorType.INT8}
+
+
+def test_exported_files_drop_names_share_repeated_vectors_and_answer_exactly_as_before(models, tmp_path):
     import tensorflow as tf
 
-    from dogs_vs_cats.export import without_names
+    from dogs_vs_cats.export import compact
     from dogs_vs_cats.predict import Predictor, _litert
 
     paths, x = models
-    named = tf.lite.TFLiteConverter.from_keras_model(keras.models.load_model(paths["keras"])).convert()
+    model = keras.models.load_model(paths["keras"])
+    named = tf.lite.TFLiteConverter.from_keras_model(model).convert()
     (tmp_path / "named.tflite").write_bytes(named)
-    (tmp_path / "plain.tflite").write_bytes(without_names(named))
+    (tmp_path / "plain.tflite").write_bytes(compact(named))
     assert (tmp_path / "plain.tflite").stat().st_size < len(named) - 1000
     assert np.array_equal(Predictor(tmp_path / "plain.tflite").p_dog(x), Predictor(tmp_path / "named.tflite").p_dog(x))
-    for form in ("float32", "float16", "int8"):  # the export stage's files: no names left
+    for form in ("float32", "float16", "int8", "int4"):  # the export stage's files: no names left
         details = _litert().Interpreter(model_path=str(paths[form])).get_tensor_details()
         assert not any(d["name"] for d in details), form
+    # The int8 file, packed again without sharing: the zero points, one int64 per channel scale,
+    # then take their full room, and answer the same.
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    unshared = bytes(flatbuffer_utils.convert_object_to_bytearray(flatbuffer_utils.read_model(str(paths["int8"]))))
+    scales = sum(
+        len(d["quantization_parameters"]["scales"])
+        for d in _litert().Interpreter(model_path=str(paths["int8"])).get_tensor_details()
+    )
+    assert len(unshared) - paths["int8"].stat().st_size > 0.8 * 8 * scales
+    (tmp_path / "unshared.tflite").write_bytes(unshared)
+    assert np.array_equal(Predictor(tmp_path / "unshared.tflite").p_dog(x), Predictor(paths["int8"]).p_dog(x))
 
 
-def test_predict_with_tflite_needs_no_tensorflow(models, tmp_path):
+@pytest.mark.parametrize("form", ["int8", "int4"])
+def test_predict_with_tflite_needs_no_tensorflow(models, tmp_path, form):
+    from dogs_vs_cats.images import load_image
+    from dogs_vs_cats.predict import Predictor
+
     paths, _ = models
     (tmp_path / "a.jpg").write_bytes(image_bytes("dog", (120, 90)))
     # A `tensorflow` that explodes on import: the runtime-only path must never touch it.
@@ -111,7 +150,7 @@ def test_predict_with_tflite_needs_no_tensorflow(models, tmp_path):
             code,
             "predict",
             "--model",
-            str(paths["int8"]),
+            str(paths[form]),
             str(tmp_path / "a.jpg"),
             "--out",
             str(out),
@@ -123,7 +162,8 @@ def test_predict_with_tflite_needs_no_tensorflow(models, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     (row,) = list(csv.DictReader(open(out)))
-    assert 0 <= float(row["p_dog"]) <= 1
+    expected = Predictor(paths[form]).p_dog_one(load_image((tmp_path / "a.jpg").read_bytes(), 48))
+    assert float(row["p_dog"]) == pytest.approx(expected, abs=1e-6)
 
 
 def _serve(model, options: list[str], env: dict | None = None):
