@@ -332,3 +332,99 @@ class StageMemory:
             }
             for stage, s in self.seen.items()
         }
+
+
+# -- Load on `serve`: real photos mixed with hostile requests (tests/test_edge.py, bench/serve_load.py) --
+
+HOSTILE = ("flood", "truncated", "garbage", "stall", "oversize")
+EXPECTED_STATUS = {"good": 200, "flood": 413, "truncated": 415, "garbage": 415, "stall": 408, "oversize": 413}
+
+
+def bomb_png(side: int) -> bytes:
+    """A PNG of one colour that is a few hundred KB on the wire and `side` x `side` pixels decoded."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (side, side), 128).save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+def post(port: int, body: bytes, timeout: float = 30) -> tuple[int, dict]:
+    """POST `body` to /predict: (status, answer); status 0 if the service closed without answering."""
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", "/predict", body=body)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"{}")
+    except (OSError, http.client.HTTPException):
+        return 0, {}
+    finally:
+        conn.close()
+
+
+def stalled_post(port: int, claimed: int, sent: bytes, timeout: float = 30) -> int:
+    """Send headers claiming `claimed` bytes, then only `sent`, then wait: the status the service answers."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % claimed + sent)
+        answer = sock.recv(4096)
+        return int(answer.split()[1]) if answer.startswith(b"HTTP/") else 0
+    except OSError:
+        return 0
+    finally:
+        sock.close()
+
+
+def hostile_bodies(good: bytes, max_pixels: int, seed: int = 0) -> dict[str, bytes]:
+    """The body of each hostile kind that sends one (flood, truncated, garbage): built once, sent many times."""
+    side = int(max_pixels**0.5) + 1000
+    return {
+        "flood": bomb_png(side),  # over max_pixels decoded, a few hundred KB on the wire
+        "truncated": good[: len(good) // 3],
+        "garbage": np.random.default_rng(seed).integers(0, 256, 20_000, np.uint8).tobytes(),
+    }
+
+
+def load_mix(
+    port: int,
+    good: list[bytes],
+    hostile: dict[str, bytes],
+    max_bytes: int,
+    clients: int,
+    per_client: int,
+    hostile_every: int,
+    seed: int = 0,
+) -> list[dict]:
+    """`clients` threads, each sending `per_client` requests one after another: real photos, and every
+    `hostile_every`-th a hostile one, the kinds in turn. `stall` sends a third of a photo and stops;
+    `oversize` claims max_bytes + 1 (and sends none of it: the service answers from the header).
+    A record per request: kind, status, seconds, and the photo's index and answer for good ones."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def client(c: int) -> list[dict]:
+        rng = np.random.default_rng([seed, c])
+        records = []
+        for r in range(per_client):
+            n = c * per_client + r
+            kind = HOSTILE[(n // hostile_every) % len(HOSTILE)] if n % hostile_every == hostile_every - 1 else "good"
+            photo = int(rng.integers(len(good)))
+            t0 = time.monotonic()
+            if kind == "stall":
+                status, answer = stalled_post(port, len(good[photo]), good[photo][: len(good[photo]) // 3]), {}
+            elif kind == "oversize":
+                status, answer = stalled_post(port, max_bytes + 1, b""), {}
+            else:
+                status, answer = post(port, good[photo] if kind == "good" else hostile[kind])
+            record = {"kind": kind, "status": status, "seconds": time.monotonic() - t0}
+            if kind == "good":
+                record.update(photo=photo, p_dog=answer.get("p_dog"))
+            records.append(record)
+        return records
+
+    with ThreadPoolExecutor(clients) as pool:
+        return [r for records in pool.map(client, range(clients)) for r in records]

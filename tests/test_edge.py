@@ -15,7 +15,19 @@ import keras
 import numpy as np
 import pytest
 
-from harness import BIN, ROOT, free_ports, image_bytes, project_env
+from harness import (
+    BIN,
+    EXPECTED_STATUS,
+    ROOT,
+    bomb_png,
+    free_ports,
+    hostile_bodies,
+    image_bytes,
+    load_mix,
+    post,
+    project_env,
+    stalled_post,
+)
 
 pytestmark = pytest.mark.slow  # converts to TFLite and serves over HTTP
 
@@ -255,20 +267,9 @@ def _peak_rss_mb(pid: int) -> float:
     raise AssertionError("no VmHWM")
 
 
-def _bomb(side: int) -> bytes:
-    """A PNG of one colour that is a few hundred KB on the wire and `side` x `side` pixels decoded."""
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("L", (side, side), 128).save(buf, "PNG", optimize=True)
-    return buf.getvalue()
-
-
 def test_a_decompression_bomb_is_refused_from_its_header_in_bounded_memory_and_time(service):
     port, pid = service
-    bomb = _bomb(11_000)  # 121 million pixels, under Pillow's own bomb limit
+    bomb = bomb_png(11_000)  # 121 million pixels, under Pillow's own bomb limit
     assert len(bomb) < 1_000_000
     request(service, "POST", "/predict", image_bytes("dog", (100, 80)))  # warm: the interpreter's first allocations
     before = _peak_rss_mb(pid)
@@ -327,6 +328,55 @@ def test_connections_past_the_limit_get_503_and_the_service_recovers(service):
     while request(service, "GET", "/health")[0] != 200:
         assert time.monotonic() < deadline, "the service did not recover after the idle connections closed"
         time.sleep(0.2)
+
+
+def test_a_concurrent_mix_of_photos_and_hostile_requests_answers_every_photo_right(service, models):
+    from dogs_vs_cats.images import load_image
+    from dogs_vs_cats.predict import Predictor
+
+    paths, _ = models
+    good = [image_bytes("cat" if i % 2 else "dog", (90 + i, 70), seed=i) for i in range(8)]
+    hostile = hostile_bodies(good[0], max_pixels=4_000_000)
+    records = load_mix(service[0], good, hostile, max_bytes=1_000_000, clients=6, per_client=10, hostile_every=2)
+    assert {r["kind"] for r in records} == set(EXPECTED_STATUS)  # every hostile kind was sent
+    for r in records:
+        assert r["status"] == EXPECTED_STATUS[r["kind"]], r
+    predictor = Predictor(paths["int8"])
+    expected = [predictor.p_dog_one(load_image(img, 48)) for img in good]
+    for r in records:
+        if r["kind"] == "good":  # each answer is its own photo's, whatever ran beside it
+            assert r["p_dog"] == pytest.approx(expected[r["photo"]], abs=1e-5)
+
+
+def test_bodies_held_at_once_are_bounded_and_counted_as_they_arrive(models):
+    import threading
+
+    from dogs_vs_cats.serve import make_server
+
+    paths, _ = models
+    (port,) = free_ports()
+    server = make_server(str(paths["int8"]), "127.0.0.1", port, max_bytes=300_000, timeout_s=3, max_buffered=700_000)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        photo = image_bytes("dog", (100, 80))
+        # A client that claims the largest body and sends nothing holds nothing: photos still pass.
+        idle = threading.Thread(target=stalled_post, args=(port, 300_000, b""))
+        idle.start()
+        time.sleep(0.3)
+        assert post(port, photo)[0] == 200
+        # One that has sent 250 KB holds them twice (chunks and join): 500 KB of the 700 KB.
+        held = threading.Thread(target=stalled_post, args=(port, 300_000, b"x" * 250_000))
+        held.start()
+        time.sleep(0.5)
+        status, body = post(port, b"x" * 150_000)  # 300 KB more would pass 700 KB
+        assert status == 503 and "uploads" in body["error"]
+        assert post(port, photo)[0] == 200  # a small photo still fits
+        held.join()  # cut at the timeout: its bytes are released
+        assert post(port, b"x" * 150_000)[0] == 415  # now read whole, and found not to be an image
+        idle.join()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_serve_with_tflite_needs_no_tensorflow(models, tmp_path):
