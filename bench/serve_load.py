@@ -1,0 +1,133 @@
+#!/usr/bin/env python
+"""Load on `serve`: concurrent clients sending real photos, mixed with hostile requests, on 127.0.0.1.
+
+Starts `dogs-vs-cats serve` with a .tflite model and its default limits (but `--timeout`), then
+`--clients` threads each send `--requests` requests one after another: real test photos of
+the competition folder, and every `--hostile-every`-th a hostile one, in turn: a pixel flood (a
+PNG of one colour over `--max-pixels` decoded, a few hundred KB sent), a truncated photo,
+random bytes, a stalled sender (a third of a photo, then silence), and a body claimed over
+`--max-bytes`. Bounded in count, and in time by the service's timeout.
+
+Reports requests served, failures among the good ones (anything but a 200: target 0), p50 and
+p99 latency of the good ones, each hostile kind's answers, and the service's peak resident
+memory (VmHWM, exact: target at most 400 MB with the int8 model).
+
+    .venv/bin/python bench/serve_load.py [--model data/export/model_int8.tflite] [--clients 16]
+        [--requests 40] [--hostile-every 4] [--timeout 5] [--shared DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from dogs_vs_cats.common import machine  # noqa: E402
+from harness import (  # noqa: E402
+    BIN,
+    EXPECTED_STATUS,
+    bench_arguments,
+    free_ports,
+    hostile_bodies,
+    load_mix,
+    post,
+    project_env,
+)
+
+MAX_BYTES, MAX_PIXELS = 10 << 20, 40_000_000  # serve's defaults
+
+
+def memory_mb(pid: int) -> dict:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    fields = dict(line.split(":", 1) for line in status if ":" in line)
+    return {k: round(int(fields[k].split()[0]) / 1024) for k in ("VmHWM", "VmRSS")}
+
+
+def main() -> int:
+    ap = bench_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    ap.add_argument("--model", type=Path, default=ROOT / "data/export/model_int8.tflite")
+    ap.add_argument("--clients", type=int, default=16, help="concurrent clients")
+    ap.add_argument("--requests", type=int, default=40, help="requests per client")
+    ap.add_argument("--hostile-every", type=int, default=4, help="every n-th request is hostile")
+    ap.add_argument("--timeout", type=float, default=5.0, help="serve --timeout: how long a stalled sender holds on")
+    ap.add_argument("--photos", type=int, default=200, help="real test photos to send")
+    args = ap.parse_args()
+    if not args.model.is_file():
+        ap.error(f"--model {args.model}: not found; run `dvc repro` (or give another .tflite)")
+    if min(args.clients, args.requests, args.hostile_every, args.photos) < 1:
+        ap.error("--clients, --requests, --hostile-every and --photos must be at least 1")
+
+    with zipfile.ZipFile(args.shared / "test.zip") as z:
+        names = sorted(n for n in z.namelist() if n.endswith(".jpg"))[: args.photos]
+        good = [z.read(n) for n in names]
+    hostile = hostile_bodies(max(good, key=len), MAX_PIXELS)
+
+    (port,) = free_ports()
+    service = subprocess.Popen(
+        [str(BIN / "dogs-vs-cats"), "serve", "--model", str(args.model), "--port", str(port)]
+        + ["--timeout", str(args.timeout)],
+        env=project_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while post(port, good[0], timeout=5)[0] != 200:  # up, and its interpreter allocated
+            if service.poll() is not None or time.monotonic() > deadline:
+                sys.exit("bench/serve_load: the service did not start")
+            time.sleep(0.2)
+        idle = memory_mb(service.pid)
+        t0 = time.monotonic()
+        records = load_mix(port, good, hostile, MAX_BYTES, args.clients, args.requests, args.hostile_every, seed=0)
+        wall = time.monotonic() - t0
+        after = memory_mb(service.pid)
+        alive = post(port, good[0], timeout=5)[0] == 200
+    finally:
+        service.terminate()
+        service.wait(timeout=10)
+
+    ok = [r for r in records if r["kind"] == "good"]
+    seconds = np.array([r["seconds"] for r in ok])
+    kinds = {}
+    for r in records:
+        kinds.setdefault(r["kind"], {}).setdefault(str(r["status"]), 0)
+        kinds[r["kind"]][str(r["status"])] += 1
+    result = {
+        "machine": machine(),
+        "model": str(args.model),
+        "clients": args.clients,
+        "requests": len(records),
+        "served": sum(r["status"] != 0 for r in records),
+        "good": len(ok),
+        "good_failures": sum(r["status"] != 200 for r in ok),
+        "hostile_answered_as_expected": all(
+            r["status"] == EXPECTED_STATUS[r["kind"]] for r in records if r["kind"] != "good"
+        ),
+        "answers": kinds,
+        "good_latency_ms": {
+            "p50": round(float(np.percentile(seconds, 50)) * 1000, 1),
+            "p99": round(float(np.percentile(seconds, 99)) * 1000, 1),
+        },
+        "wall_s": round(wall, 1),
+        "service_rss_mb": {"idle": idle["VmRSS"], "peak": after["VmHWM"]},
+        "alive_after": alive,
+    }
+    print(json.dumps(result, indent=2))
+    print(
+        f"{result['requests']} requests from {args.clients} clients in {wall:.1f}s: {result['good_failures']} of "
+        f"{len(ok)} photos failed (target 0); p50 {result['good_latency_ms']['p50']} ms, p99 "
+        f"{result['good_latency_ms']['p99']} ms; service peak RSS {after['VmHWM']} MB (target <= 400)"
+    )
+    return 0 if result["good_failures"] == 0 and after["VmHWM"] <= 400 and alive else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
