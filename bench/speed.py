@@ -16,6 +16,10 @@ per precision and size and take turns, one epoch each, for `--epochs` rounds.
 `--profile 128` instead traces those four nets' training steps with TensorFlow's profiler
 and prints the time per step of each op type: where batch norm's remaining cost goes.
 
+`--input-only` instead times the training input pipeline alone (streamed from the prepared
+store, shuffled, augmented and batched as the train stage feeds the model, at the low-res and
+the full size) on all cores and on one core: what a faster device could be fed, per core.
+
 `--repeats N` alternates N real and N synthetic training measurements and reports the
 medians and the median of the N paired ratios, so a slow spell on a shared host
 lands on one pair instead of deciding the ratio.
@@ -103,6 +107,8 @@ def run_child(mode: str, workdir: Path, n: int, epochs: int, precision: str) -> 
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(0)
     steps = -(-n // t.batch_size)
+    if mode.startswith("input"):
+        return _input_only(params, mode, n, epochs)
     if mode.startswith(("grid/", "profile/")):
         return _grid_cell(params, mode, n, epochs, precision)
     if mode == "train_real":
@@ -333,6 +339,53 @@ def grid(images: int, epochs: int, sizes: list[int]) -> None:
         )
 
 
+def _input_only(params, mode: str, n: int, epochs: int) -> dict:
+    """Batches of the training stream per second, no model: `input/SIZE` on all cores, `input1/SIZE` on one."""
+    import shutil
+
+    from dogs_vs_cats.inputs import train_dataset
+
+    if mode.startswith("input1"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    size = int(mode.split("/")[1])
+    prepared = Path("data/prepared")
+    prepared.mkdir(parents=True, exist_ok=True)
+    shutil.copy(f"train{n}.tfrecord", prepared / "train.tfrecord")
+    steps = -(-n // params.train.batch_size)
+    stream = iter(train_dataset(params, size))
+    for _ in range(steps):  # warm-up: tracing, and the shuffle buffer's first fill
+        next(stream)
+    t0 = time.monotonic()
+    for _ in range(steps * epochs):
+        x, _ = next(stream)
+    x.numpy()
+    rate = steps * epochs * params.train.batch_size / (time.monotonic() - t0)
+    return {"images_per_s": round(rate, 1), "size": size, "cores": len(os.sched_getaffinity(0))}
+
+
+def input_only(images: int, epochs: int) -> None:
+    from dogs_vs_cats import params as P
+
+    t = P.load(ROOT / "params.yaml")
+    sizes = sorted({s for s in (t.train.low_res_size, t.prepare.image_size) if s})
+    with tempfile.TemporaryDirectory(prefix="bench-speed-") as tmp:
+        work = Path(tmp)
+        child("prepare", work, images, epochs)
+        r = {"machine": machine(), "images": images, "epochs": epochs}
+        for size in sizes:
+            r[f"{size}px"] = {
+                "all_cores": child(f"input/{size}", work, images, epochs),
+                "one_core": child(f"input1/{size}", work, images, epochs),
+            }
+    print(json.dumps(r, indent=2))
+    for size in sizes:
+        a, o = r[f"{size}px"]["all_cores"], r[f"{size}px"]["one_core"]
+        print(
+            f"input pipeline at {size} px: {a['images_per_s']:.0f} img/s on {a['cores']} cores, "
+            f"{o['images_per_s']:.0f} img/s on one core"
+        )
+
+
 def _median_run(runs: list[dict]) -> dict:
     """The run with the median throughput (the lower middle one for an even count)."""
     return sorted(runs, key=lambda r: r["images_per_s"])[(len(runs) - 1) // 2]
@@ -366,6 +419,7 @@ def main() -> int:
         metavar="SIZE",
         help="instead: op time per training step at this size, none / Keras' / fused batch norm (synthetic)",
     )
+    ap.add_argument("--input-only", action="store_true", help="instead: the training input pipeline alone")
     ap.add_argument("--child")
     ap.add_argument("--dir", type=Path)
     args = ap.parse_args()
@@ -376,6 +430,9 @@ def main() -> int:
         return 0
     if args.grid:
         grid(args.images, args.epochs, args.grid)
+        return 0
+    if args.input_only:
+        input_only(args.images, args.epochs)
         return 0
 
     from dogs_vs_cats import params as P

@@ -14,7 +14,10 @@ Every request is bounded, so no client can take the service down:
   before any pixel is decoded (a small PNG can claim 100 megapixels of one colour);
 - time: a client has `timeout_s` to send its whole request, however slowly it trickles;
 - concurrency: one photo is decoded and scored at a time, and at most `max_connections`
-  connections are served at once; the next one gets a 503 at once.
+  connections are served at once; the next one gets a 503 at once;
+- memory: request bodies held at once total at most `max_buffered` bytes, counted as they
+  arrive (so a client that claims a large body and sends nothing holds nothing); a request
+  that would pass it gets a 503.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from .images import BadImage, load_image
 from .predict import Predictor
 
 CHUNK = 64 << 10
+BUSY = object()  # _read_body's answer when the body would pass max_buffered
 
 
 def decoded_pixels(data: bytes, size: int) -> int:
@@ -91,7 +95,9 @@ def make_server(
     max_pixels: int = 40_000_000,
     timeout_s: float = 20.0,
     max_connections: int = 32,
+    max_buffered: int | None = None,
 ) -> ThreadingHTTPServer:
+    max_buffered = max_buffered or max(64 << 20, 4 * max_bytes)  # room for two of the largest bodies
     for name, value in (
         ("--max-bytes", max_bytes),
         ("--max-pixels", max_pixels),
@@ -103,6 +109,19 @@ def make_server(
         raise UserError(f"serve: --timeout {timeout_s} is invalid: expected seconds above 0")
     predictor = Predictor(model)
     lock = threading.Lock()
+    buffered = {"bytes": 0}
+    buffered_lock = threading.Lock()
+
+    def reserve(n: int) -> bool:
+        with buffered_lock:
+            if buffered["bytes"] + n > max_buffered:
+                return False
+            buffered["bytes"] += n
+            return True
+
+    def release(n: int) -> None:
+        with buffered_lock:
+            buffered["bytes"] -= n
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -149,8 +168,10 @@ def make_server(
         def _error(self, status: int, message: str):
             self._reply(status, {"error": message})
 
-        def _read_body(self, n: int) -> bytes | None:
-            """The `n` body bytes, or None if the client did not send them before the deadline."""
+        def _read_body(self, n: int):
+            """The `n` body bytes; None if the client did not send them before the deadline, BUSY if
+            holding them would pass max_buffered. Bytes count as they arrive (twice: the chunks and
+            their join), so a client that claims a large body and sends nothing holds nothing."""
             chunks, got = [], 0
             while got < n:
                 left = self.deadline - time.monotonic()
@@ -163,6 +184,9 @@ def make_server(
                     return None
                 if not chunk:
                     return None
+                if not reserve(2 * len(chunk)):
+                    return BUSY
+                self.held += 2 * len(chunk)
                 chunks.append(chunk)
                 got += len(chunk)
             return b"".join(chunks)
@@ -193,9 +217,18 @@ def make_server(
                 return self._error(413, f"image is {n} bytes; the limit is {max_bytes}")
             if n <= 0:
                 return self._error(400, "empty body; POST the image file's bytes")
+            self.held = 0  # body bytes this request holds against max_buffered
+            try:
+                self._score(n)
+            finally:
+                release(self.held)
+
+        def _score(self, n: int):
             data = self._read_body(n)
-            if data is None:
+            if data is None or data is BUSY:
                 self.close_connection = True
+                if data is BUSY:
+                    return self._error(503, "the service holds as many uploads as it may; try again shortly")
                 return self._error(408, f"the request was not complete within {timeout_s:g} s; send it faster")
             try:
                 pixels = decoded_pixels(data, predictor.image_size)
