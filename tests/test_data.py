@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dogs_vs_cats import params as P
-from dogs_vs_cats.images import BadImage, load_image
+from dogs_vs_cats.images import BadImage, TooLarge, load_image
 from dogs_vs_cats.records import read_records, record
 from dogs_vs_cats.split import make_split
 from harness import image_bytes, make_competition, run_cli
@@ -142,6 +142,26 @@ def test_undecodable_bytes_raise_bad_image(data, why):
     with pytest.raises(BadImage) as err:
         load_image(data, 32)
     assert why in str(err.value).lower() or why == "truncated"
+
+
+def test_max_pixels_refuses_from_the_header_counting_jpeg_reduction():
+    import io
+
+    from PIL import Image
+
+    def encoded(fmt, side):
+        buf = io.BytesIO()
+        Image.new("RGB", (side, side), (90, 40, 200)).save(buf, fmt)
+        return buf.getvalue()
+
+    with pytest.raises(TooLarge) as refused:
+        load_image(encoded("PNG", 3000), 48, max_pixels=1_000_000)
+    assert refused.value.pixels == 9_000_000
+    # libjpeg decodes a JPEG at 1/8 scale for a 48 px model: 375 x 375 pixels, not 3000 x 3000.
+    assert load_image(encoded("JPEG", 3000), 48, max_pixels=150_000).shape == (48, 48, 3)
+    with pytest.raises(TooLarge):
+        load_image(encoded("JPEG", 3000), 48, max_pixels=140_000)
+    assert load_image(encoded("PNG", 3000), 48).shape == (48, 48, 3)  # no limit given, none applied
 
 
 def test_prepare_skips_and_reports_bad_training_images_and_keeps_test_ids(tmp_path):

@@ -21,11 +21,21 @@ class BadImage(ValueError):
     """The bytes are not an image we can decode."""
 
 
-def load_image(data: bytes, size: int) -> np.ndarray:
+class TooLarge(BadImage):
+    """The image would decode to more than the pixels allowed."""
+
+    def __init__(self, pixels: int):
+        super().__init__(f"decodes to {pixels:,} pixels")
+        self.pixels = pixels
+
+
+def load_image(data: bytes, size: int, max_pixels: int | None = None) -> np.ndarray:
     """Decode JPEG/PNG/GIF/... bytes of any mode into a (size, size, 3) uint8 RGB array.
 
     The whole photo is squashed to a square rather than centre-cropped: in this data
-    set the animal is often off-centre, and a crop would cut it off.
+    set the animal is often off-centre, and a crop would cut it off. With `max_pixels`, an
+    image that would decode to more pixels (after libjpeg's reduction) raises TooLarge from
+    its header, before a pixel is decoded: a small PNG can claim 100 megapixels of one colour.
     """
     if not data:
         raise BadImage("empty file")
@@ -35,8 +45,12 @@ def load_image(data: bytes, size: int) -> np.ndarray:
             img = Image.open(io.BytesIO(data))
             # Let libjpeg decode at reduced scale: several times faster for big photos.
             img.draft("RGB", (size, size))
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise TooLarge(img.width * img.height)
             img = ImageOps.exif_transpose(img)
             img.load()
+    except TooLarge:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise BadImage(str(exc) or type(exc).__name__) from None
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):

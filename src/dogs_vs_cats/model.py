@@ -22,33 +22,17 @@ from keras import layers
 
 from .layers import BatchNorm, MeanOfViews, TestTimeViews
 
-# (name, squeeze, expand) per fire module, and where the max-pools go.
+# (fire id, squeeze, expand) per fire module: the same in both versions, which differ in the stem
+# and in where the max-pools go.
+_FIRES = [(2, 16, 64), (3, 16, 64), (4, 32, 128), (5, 32, 128), (6, 48, 192), (7, 48, 192), (8, 64, 256), (9, 64, 256)]
 _V1_0 = dict(
     stem=(96, 7),
-    fires=[
-        (2, 16, 64),
-        (3, 16, 64),
-        (4, 32, 128),
-        (5, 32, 128),
-        (6, 48, 192),
-        (7, 48, 192),
-        (8, 64, 256),
-        (9, 64, 256),
-    ],
+    fires=_FIRES,
     pool_after=(1, 4, 8),  # after conv1, fire4, fire8
 )
 _V1_1 = dict(
     stem=(64, 3),
-    fires=[
-        (2, 16, 64),
-        (3, 16, 64),
-        (4, 32, 128),
-        (5, 32, 128),
-        (6, 48, 192),
-        (7, 48, 192),
-        (8, 64, 256),
-        (9, 64, 256),
-    ],
+    fires=_FIRES,
     pool_after=(1, 3, 5),  # after conv1, fire3, fire5
 )
 ARCHITECTURES = {"squeezenet1_0": _V1_0, "squeezenet1_1": _V1_1}

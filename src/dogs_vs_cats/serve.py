@@ -22,39 +22,18 @@ Every request is bounded, so no client can take the service down:
 
 from __future__ import annotations
 
-import io
 import json
 import socket
 import threading
 import time
-import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .common import UserError, log
-from .images import BadImage, load_image
+from .images import BadImage, TooLarge, load_image
 from .predict import Predictor
 
 CHUNK = 64 << 10
 BUSY = object()  # _read_body's answer when the body would pass max_buffered
-
-
-def decoded_pixels(data: bytes, size: int) -> int:
-    """How many pixels decoding `data` for a `size` model would produce, read from the header alone.
-
-    JPEGs decode at a reduced scale (libjpeg's draft mode, as `load_image` asks for), so a
-    large photo costs what its reduced size costs; other formats decode whole.
-    """
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
-            img.draft("RGB", (size, size))
-            width, height = img.size
-    except Exception as exc:  # anything PIL cannot even read a header of is not an image
-        raise BadImage(str(exc) or type(exc).__name__) from None
-    return width * height  # load_image decodes the first frame only
 
 
 class BoundedServer(ThreadingHTTPServer):
@@ -231,13 +210,12 @@ def make_server(
                     return self._error(503, "the service holds as many uploads as it may; try again shortly")
                 return self._error(408, f"the request was not complete within {timeout_s:g} s; send it faster")
             try:
-                pixels = decoded_pixels(data, predictor.image_size)
-                if pixels > max_pixels:
-                    return self._error(
-                        413, f"image decodes to {pixels:,} pixels; the limit is {max_pixels:,}: send a smaller one"
-                    )
                 with lock:  # one decode and one inference at a time: memory stays that of one photo
-                    p = predictor.p_dog_one(load_image(data, predictor.image_size))
+                    p = predictor.p_dog_one(load_image(data, predictor.image_size, max_pixels))
+            except TooLarge as exc:
+                return self._error(
+                    413, f"image decodes to {exc.pixels:,} pixels; the limit is {max_pixels:,}: send a smaller one"
+                )
             except BadImage as exc:
                 return self._error(415, f"body is not a decodable image ({exc}); send a JPEG or PNG")
             return self._reply(200, {"p_dog": round(p, 6), "label": "dog" if p >= 0.5 else "cat"})
