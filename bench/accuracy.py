@@ -34,26 +34,36 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = bench_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     ap.add_argument("--keep", type=Path, help="run in this folder and keep it")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --keep (and the run's own --set list, not applied again): finish a stopped run in that "
+        "folder; dvc repro runs only what is left, so memory and repro time cover only those stages",
+    )
     args = ap.parse_args()
+    if args.resume and not (args.keep and (args.keep / "project").is_dir()):
+        ap.error("--resume needs --keep DIR of an earlier run (DIR/project)")
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-accuracy-"))
-    if work.exists() and args.keep:
+    if work.exists() and args.keep and not args.resume:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     project = copy_project(work / "project") if not (work / "project").exists() else work / "project"
     (work / "home").mkdir(exist_ok=True)
     settings = overrides(args.set)
-    if settings:
+    if settings and not args.resume:
         set_params(project, **settings)
 
     with fake_kaggle_for(args.shared) as fake:
-        env = project_env(fake.env(), home=work / "home")
+        # The copy's own code runs, not this checkout's (which the venv's editable install points at):
+        # what dvc.lock hashes is what ran, even if the checkout is edited meanwhile.
+        env = project_env({**fake.env(), "PYTHONPATH": str(project / "src")}, home=work / "home")
         start = time.monotonic()
         stages = {}
         repro = run_group([str(BIN / "dvc"), "repro"], memory=stages, cwd=project, env=env)
         wall = time.monotonic() - start
         if repro.returncode != 0:
-            print(f"bench/accuracy: dvc repro failed (exit {repro.returncode})", file=sys.stderr)
+            print(f"bench/accuracy: dvc repro failed (exit {repro.returncode}); stages: {stages}", file=sys.stderr)
             return 1
         submit = subprocess.run(
             [str(BIN / "dogs-vs-cats"), "submit", "--message", "bench/accuracy"],
@@ -80,6 +90,7 @@ def main() -> int:
         "train_images_per_s": train["train_images_per_s"],
         "precision": train["precision"],
         "repro_wall_s": round(wall, 1),
+        "resumed": args.resume,
         "machine": machine(),
         "stages": stages,
     }

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import shutil
 import subprocess
@@ -162,6 +163,7 @@ def main() -> int:
                 sys.exit(f"bench/arm64: {form}: predictions cover {len(a)} and {len(b)} of {len(labels)} photos")
             diffs = [abs(a[k] - b[k]) for k in labels]
             forms[form] = {
+                "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
                 "labels_equal": all((a[k] >= 0.5) == (b[k] >= 0.5) for k in labels),
                 "max_abs_diff_p_dog": round(max(diffs), 7),
                 "photos_differing": sum(d > 0 for d in diffs),

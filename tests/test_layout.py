@@ -59,6 +59,7 @@ def test_dvc_yaml_outputs_are_the_paths_the_code_writes():
         for entry in spec.get("outs", []) + spec.get("metrics", []):
             declared.add(next(iter(entry)) if isinstance(entry, dict) else entry)
     written = {str(v) for k, v in vars(paths).items() if k.isupper() and isinstance(v, Path)}
+    written |= {str(v) for v in paths.FORM_METRICS.values()}
     stage_outputs = written - {str(paths.MODEL), str(paths.DOWNLOAD_STAGING), str(paths.TRAIN_STATE)}
     assert declared == stage_outputs
     assert paths.MODEL.parent == paths.MODEL_DIR

@@ -116,11 +116,13 @@ def test_stage_outputs_exist_and_make_sense(repro):
     assert float(roc[0]["fpr"]) == 0 and float(roc[-1]["tpr"]) == 1
 
     export = json.loads((p / "metrics/export_forms.json").read_text())
-    assert set(export) == {"keras", "float32", "float16", "int8", "int8_vs_keras"}
-    assert json.loads((p / "metrics/export.json").read_text()) == {
-        "int8": {k: export["int8"][k] for k in ("accuracy", "log_loss", "bytes")}
-    }
-    for form in ("float32", "float16", "int8"):
+    assert set(export) == {"keras", "float32", "float16", "int8", "int4", "int8_vs_keras"}
+    for form in ("int8", "int4"):
+        assert json.loads((p / f"metrics/{form}.json").read_text()) == {
+            k: export[form][k] for k in ("accuracy", "log_loss", "bytes")
+        }
+    assert export["int4"]["bytes"] < 0.6 * export["int8"]["bytes"]
+    for form in ("float32", "float16", "int8", "int4"):
         assert export[form]["bytes"] == (p / f"data/export/model_{form}.tflite").stat().st_size
         # The .tflite files score the same 40 holdout photos as the Keras model, inside LiteRT.
         assert abs(export[form]["accuracy"] - ev["holdout"]["accuracy"]) <= (0.0 if form == "float32" else 0.05), form
@@ -164,7 +166,7 @@ def test_metrics_show_is_a_few_columns_of_scores_and_no_timings(repro):
     assert result.returncode == 0, result.stderr
     (workspace,) = json.loads(result.stdout).values()
     files = workspace["data"]
-    assert set(files) == {"metrics/eval.json", "metrics/export.json"}
+    assert set(files) == {"metrics/eval.json", "metrics/int8.json", "metrics/int4.json"}
 
     def leaves(d, prefix=""):
         for k, v in d.items():
@@ -173,7 +175,7 @@ def test_metrics_show_is_a_few_columns_of_scores_and_no_timings(repro):
     columns = {c for f in files.values() for c in leaves(f["data"])}
     assert len(columns) == 8 and not any(w in c for c in columns for w in ("latency", "_s", "per_s", "wall"))
     table = dvc(["metrics", "show"], repro["project"], repro["env"]).stdout.splitlines()
-    assert len(table) == 3 and max(map(len, table)) <= 160, table  # a 160-column terminal
+    assert len(table) == 4 and max(map(len, table)) <= 160, table  # a row per file, in a 160-column terminal
 
 
 def test_the_trained_model_predicts_new_images(repro, tmp_path):
@@ -233,7 +235,10 @@ def test_editing_code_reruns_exactly_the_stages_that_run_it(repro):
 
 def test_training_again_on_the_same_commit_changes_no_score(repro):
     p, env = repro["project"], repro["env"]
-    before = {f: (p / f).read_text() for f in ("metrics/eval.json", "metrics/export.json", "metrics/train_log.csv")}
+    before = {
+        f: (p / f).read_text()
+        for f in ("metrics/eval.json", "metrics/int8.json", "metrics/int4.json", "metrics/train_log.csv")
+    }
     forced = dvc(["repro", "-f", "-s", "train"], p, env)
     assert forced.returncode == 0 and "Running stage 'train'" in forced.stdout, forced.stderr[-2000:]
     again = dvc(["repro"], p, env)  # the saved model's file differs (Keras stamps the date), so the readers re-run
@@ -242,7 +247,8 @@ def test_training_again_on_the_same_commit_changes_no_score(repro):
     train_log = [line.rsplit(",", 1)[0] for line in after["metrics/train_log.csv"].splitlines()]  # timings aside
     assert train_log == [line.rsplit(",", 1)[0] for line in before["metrics/train_log.csv"].splitlines()]
     assert after["metrics/eval.json"] == before["metrics/eval.json"]
-    assert after["metrics/export.json"] == before["metrics/export.json"]
+    for form in ("int8", "int4"):
+        assert after[f"metrics/{form}.json"] == before[f"metrics/{form}.json"]
 
 
 def test_rerunning_prepare_on_the_same_inputs_does_not_retrain(repro):
@@ -381,14 +387,14 @@ def test_experiment_then_metrics_params_and_plots_diff_between_commits(repro, tm
     assert {"holdout.accuracy", "holdout.log_loss", "train.model", "train.epochs"} <= set(header)
     exp_row = next(r for r in rows if "v10" in r)
     assert exp_row[header.index("train.model")] == "squeezenet1_0"
-    assert int(exp_row[header.index("int8.bytes")]) > 0  # the experiment ran the export stage too
+    assert int(exp_row[header.index("metrics/int8.json:bytes")]) > 0  # the experiment ran the export stage too
 
     assert dvc(["exp", "apply", "v10"], p, env).returncode == 0
     git(p, "add", "-A")
     git(p, "commit", "-qm", "v1.0 experiment")
     metrics = dvc(["metrics", "diff", base, "HEAD", "--all", "--json"], p, env)
     changed = json.loads(metrics.stdout)
-    assert "holdout.accuracy" in changed["metrics/eval.json"] and "int8.bytes" in changed["metrics/export.json"]
+    assert "holdout.accuracy" in changed["metrics/eval.json"] and "bytes" in changed["metrics/int8.json"]
     assert json.loads((p / "metrics/train.json").read_text())["params"] == 736_450  # the demo's net, exactly
     params = json.loads(dvc(["params", "diff", base, "HEAD", "--json"], p, env).stdout)["params.yaml"]
     assert params["train.model"] == {"old": "squeezenet1_1", "new": "squeezenet1_0"}

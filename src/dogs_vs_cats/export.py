@@ -4,8 +4,8 @@ Four forms: float32, float16 weights, full-integer int8 calibrated on prepared t
 images, and int4: 4-bit convolution weights with int8 activations (ai-edge-quantizer). Each
 is scored on the holdout set by running the .tflite file in the LiteRT interpreter itself,
 and timed on single images, so `metrics/export_forms.json` says what a device would actually
-get; `metrics/export.json` keeps the integer forms' figures for `dvc metrics show` and
-`diff`, without the latencies that change every run.
+get; `metrics/int8.json` and `metrics/int4.json` keep the integer forms' figures for
+`dvc metrics show` and `diff`, without the latencies that change every run.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from .common import atomic_path, log, scores, write_json
 from .params import Export, Params
 from .paths import EXPORT as OUT
-from .paths import EXPORT_METRICS, EXPORT_REPORT, MODEL, prepared
+from .paths import EXPORT_REPORT, FORM_METRICS, MODEL, prepared
 from .predict import Predictor, predict_records
 from .records import read_records
 
@@ -35,12 +35,13 @@ def convert(model, form: str, calibration: np.ndarray, settings: Export) -> byte
     if form not in FORMS:
         raise ValueError(f"form {form!r}: expected one of {', '.join(FORMS)}")
     if form == "int4":  # ai-edge-quantizer reads the converter's float file, names and signature included
-        return compact(_int4(_converted(model, "float32", calibration, settings), calibration))
-    return compact(_converted(model, form, calibration, settings))
+        float_tflite = converter_output(model, "float32", calibration, settings)
+        return compact(quantize_int4(float_tflite, calibration, "OCTAV", keep_ends=True, activations="int8"))
+    return compact(converter_output(model, form, calibration, settings))
 
 
-def _converted(model, form: str, calibration: np.ndarray, settings: Export) -> bytes:
-    """The TensorFlow Lite converter's file for float32, float16 or int8."""
+def converter_output(model, form: str, calibration: np.ndarray, settings: Export) -> bytes:
+    """The TensorFlow Lite converter's own file for float32, float16 or int8, before `compact`."""
     import tensorflow as tf
 
     # The converter fixes the batch dimension to 1: what a device runs.
@@ -62,7 +63,7 @@ def _converted(model, form: str, calibration: np.ndarray, settings: Export) -> b
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.float32
         # One scale per output channel (export.per_channel) is the finer quantisation and the larger
-        # file; metrics/export.json gives both costs for the shipped setting.
+        # file; metrics/int8.json gives both costs for the shipped setting.
         converter._experimental_disable_per_channel = not settings.per_channel
     # Keras prints the exported graph's every variable signature (hundreds of lines) to stdout while
     # converting; the stage's own log says what is happening.
@@ -70,17 +71,23 @@ def _converted(model, form: str, calibration: np.ndarray, settings: Export) -> b
         return converter.convert()
 
 
-def _int4(float_tflite: bytes, calibration: np.ndarray) -> bytes:
-    """4-bit convolution weights, one scale per output channel, int8 activations calibrated on `calibration`.
+def quantize_int4(
+    float_tflite: bytes, calibration: np.ndarray, algorithm: str, keep_ends: bool, activations: str
+) -> bytes:
+    """4-bit convolution weights, one scale per output channel (ai-edge-quantizer).
 
-    OCTAV picks each channel's clipping range to minimise the rounding error, where min-max
-    spends most of sixteen levels on rare outliers. The first and last convolutions keep 8-bit
-    weights: they hold a fraction of a percent of the weights and most of the damage 4 bits do.
+    `algorithm` picks each channel's range: "OCTAV" clips it to minimise the rounding error,
+    where "min_max_uniform_quantize" spends most of sixteen levels on rare outliers.
+    `keep_ends` leaves the first and last convolutions at 8 bits: they hold a fraction of a
+    percent of the weights. `activations` "int8" calibrates them on `calibration` and runs
+    integer kernels; "float" keeps float activations and dequantises the weights.
+    bench/quantize.py measures each choice; `convert` ships OCTAV, ends kept, int8 activations.
     """
     from ai_edge_litert.interpreter import Interpreter
-    from ai_edge_quantizer import algorithm_manager, quantizer
+    from ai_edge_quantizer import quantizer
 
-    octav = algorithm_manager.AlgorithmName.OCTAV
+    if activations not in ("int8", "float"):
+        raise ValueError(f"activations {activations!r}: expected 'int8' or 'float'")
     interpreter = Interpreter(model_content=float_tflite)
     convs = [
         interpreter._get_tensor_details(op["outputs"][0], 0)["name"]
@@ -89,14 +96,23 @@ def _int4(float_tflite: bytes, calibration: np.ndarray) -> bytes:
     ]
     ((signature, io_names),) = interpreter.get_signature_list().items()
     qt = quantizer.Quantizer(float_tflite)
-    qt.add_static_config(".*", "*", activation_num_bits=8, weight_num_bits=8, algorithm_key=octav)
-    qt.add_static_config(".*", "CONV_2D", activation_num_bits=8, weight_num_bits=4, algorithm_key=octav)
-    for name in (convs[0], convs[-1]):
-        qt.add_static_config(re.escape(name), "CONV_2D", activation_num_bits=8, weight_num_bits=8, algorithm_key=octav)
+
+    def add(regex, op, bits):
+        if activations == "int8":
+            qt.add_static_config(regex, op, activation_num_bits=8, weight_num_bits=bits, algorithm_key=algorithm)
+        else:
+            qt.add_weight_only_config(regex, op, num_bits=bits, algorithm_key=algorithm)
+
+    if activations == "int8":
+        add(".*", "*", 8)  # every other op in int8 too: integer arithmetic from input to output
+    add(".*", "CONV_2D", 4)
+    for name in (convs[0], convs[-1]) if keep_ends else ():
+        add(re.escape(name), "CONV_2D", 8)
     samples = [{io_names["inputs"][0]: img[None].astype(np.float32)} for img in calibration]
     # The quantizer reports progress bars and sizes of its own; the stage's log says what is happening.
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        result = qt.quantize(qt.calibrate({signature: samples}, num_threads=os.cpu_count() or 1))
+        ranges = qt.calibrate({signature: samples}, num_threads=os.cpu_count() or 1) if qt.need_calibration else None
+        result = qt.quantize(ranges)
     return bytes(result.quantized_model)
 
 
@@ -227,8 +243,8 @@ def run(params: Params) -> None:
         "size_ratio": round(report["keras"]["bytes"] / int8["bytes"], 2),
     }
     write_json(EXPORT_REPORT, report)
-    integer = {form: {k: report[form][k] for k in ("accuracy", "log_loss", "bytes")} for form in ("int8", "int4")}
-    write_json(EXPORT_METRICS, integer)
+    for form, path in FORM_METRICS.items():
+        write_json(path, {k: report[form][k] for k in ("accuracy", "log_loss", "bytes")})
 
 
 def _holdout(p, y) -> dict:

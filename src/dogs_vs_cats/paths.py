@@ -25,7 +25,8 @@ VAL_LOG = Path("metrics/val_log.csv")  # the validated epochs only
 TRAIN_CURVES = Path("metrics/training_curves.png")  # both logs drawn: the original demo's figure
 EVAL_METRICS = Path("metrics/eval.json")
 EVAL_PLOTS = Path("metrics/plots")  # confusion, ROC and precision-recall as CSV; confusion.png and roc.png
-EXPORT_METRICS = Path("metrics/export.json")  # the int8 form's size and scores: what `dvc metrics` compares
+# The integer forms' size and holdout scores, one file each: what `dvc metrics` compares, a row per form.
+FORM_METRICS = {"int8": Path("metrics/int8.json"), "int4": Path("metrics/int4.json")}
 EXPORT_REPORT = Path("metrics/export_forms.json")  # every form: size, scores and latency (changes every run)
 
 # Working folders outside DVC's outputs, so DVC does not delete them before a re-run.
