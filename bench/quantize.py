@@ -103,7 +103,7 @@ def main() -> int:
                     "shipped": (algorithm, activations, keep_ends) == SHIPPED,
                 }
             )
-            print(f"bench/int4: {rows[-1]}", file=sys.stderr, flush=True)
+            print(f"bench/quantize: {rows[-1]}", file=sys.stderr, flush=True)
     result = {
         "machine": machine(),
         "project": str(args.project),

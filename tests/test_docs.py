@@ -116,3 +116,56 @@ def test_the_full_data_row_is_its_result_file():
     assert all(result["overrides"].get(k, v) == v for k, v in kept.items())
     overridden = {k: v for k, v in result["overrides"].items() if k not in kept}
     assert command.split() == ["dvc", "exp", "run"] + [w for k, v in overridden.items() for w in ("-S", f"{k}={v}")]
+
+
+def test_the_arm64_sentence_is_its_result_file():
+    result = _load("bench/results/arm64-cortex-a72.json")
+    text = " ".join(README.split())
+    sentence = re.search(
+        r"On (\d+) holdout photos every label equals this machine's; P\(dog\) is identical "
+        r"for float32 and int8, and within ([\d.]+) for int4",
+        text,
+    )
+    assert sentence, "the README's arm64 sentence has changed: update this test with it"
+    forms = result["forms"]
+    assert int(sentence.group(1)) == result["photos"] and all(f["labels_equal"] for f in forms.values())
+    assert forms["float32"]["max_abs_diff_p_dog"] == forms["int8"]["max_abs_diff_p_dog"] == 0
+    assert float(sentence.group(2)) == round(forms["int4"]["max_abs_diff_p_dog"], 3)
+    assert result["emulated"]["cpu"] == "cortex-a72" and "Cortex-A72" in text
+
+
+def test_the_input_pipeline_figures_are_the_bench_result_and_the_recorded_training():
+    text = " ".join(README.split())
+    found = re.search(
+        r"streams ([\d,]+) augmented photos a second at 96 px and ([\d,]+) at 128 px on the 2 cores, "
+        r"about ([\d,]+) and ([\d,]+) per core, (\d+) to (\d+) times the (\d+) a second",
+        text,
+    )
+    assert found, "the README's input-pipeline sentence has changed: update this test with it"
+    raw = (ROOT / "bench/results/speed-input-only.txt").read_text()
+    bench = json.JSONDecoder().raw_decode(raw)[0]
+    fast, slow = bench["96px"], bench["128px"]
+    two, one = [_number(found.group(i)) for i in (1, 2)], [_number(found.group(i)) for i in (3, 4)]
+    assert two == [round(fast["all_cores"]["images_per_s"]), round(slow["all_cores"]["images_per_s"])]
+    assert all(
+        abs(a - b) <= 10 for a, b in zip(one, (fast["one_core"]["images_per_s"], slow["one_core"]["images_per_s"]))
+    )
+    trained = _load("metrics/train.json")["train_images_per_s"]
+    assert int(found.group(7)) == round(trained)
+    assert int(found.group(5)) == int(two[1] / trained) and int(found.group(6)) == round(two[0] / trained)
+
+
+def test_the_serve_load_and_memory_sentences_are_their_result_files():
+    text = " ".join(README.split())
+    serve = _load("bench/results/serve-load-int8.json")
+    found = re.search(r"every photo was answered, p99 (\d+) ms with int8, and the service peaked at (\d+) MB", text)
+    assert found and serve["good_failures"] == 0 and serve["hostile_answered_as_expected"]
+    assert int(found.group(1)) == round(serve["good_latency_ms"]["p99"])
+    assert int(found.group(2)) == serve["service_rss_mb"]["peak"]
+    raw = (ROOT / "bench/results/memory-kaggle-large-as-is.txt").read_text()
+    memory = json.JSONDecoder().raw_decode(raw)[0]
+    found = re.search(r"On the ([\d,]+) photos of `../shared/kaggle-large` no stage needed more than ([\d.]+) GB", text)
+    assert found and _number(found.group(1)) == memory["photos"]["train"] + memory["photos"]["test"]
+    assert memory["photos"]["distinct"]
+    peak = max(s["peak_rss_mb"] for s in memory["stages"].values())
+    assert float(found.group(2)) == round(peak / 1000 + 0.05, 1)  # rounded up: "no more than"

@@ -42,6 +42,9 @@ class BoundedServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address, handler, max_connections: int):
+        # The kernel's queue of connections not yet accepted: at socketserver's default of 5, a burst
+        # of clients overflows it, and each dropped connection waits a second to retry or is reset.
+        self.request_queue_size = max(64, 2 * max_connections)
         super().__init__(address, handler)
         self.slots = threading.BoundedSemaphore(max_connections)
 
@@ -209,6 +212,7 @@ def make_server(
                 if data is BUSY:
                     return self._error(503, "the service holds as many uploads as it may; try again shortly")
                 return self._error(408, f"the request was not complete within {timeout_s:g} s; send it faster")
+            self._watchdog.cancel()  # the client has sent it all: waiting for the model is not its delay
             try:
                 with lock:  # one decode and one inference at a time: memory stays that of one photo
                     p = predictor.p_dog_one(load_image(data, predictor.image_size, max_pixels))
