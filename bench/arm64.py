@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from dogs_vs_cats.common import machine  # noqa: E402
-from harness import BIN, project_env  # noqa: E402
+from harness import BIN, copy_project, project_env  # noqa: E402
 
 FORMS = ("float32", "int8", "int4")
 SUITE = "bookworm"
@@ -87,10 +87,12 @@ def build_root(root: Path, cpu: str) -> None:
     )
     pip = ["-m", "pip", "install", "-q", "--break-system-packages", "--upgrade", "--target", str(root / "opt/pi")]
     emulated(root, cpu, [*pip, "ai-edge-litert", "pillow", "numpy", "pyyaml"])
-    dist = root.parent / "dist"
+    dist, source = root.parent / "dist", root.parent / "source"
     shutil.rmtree(dist, ignore_errors=True)
+    shutil.rmtree(source, ignore_errors=True)
+    copy_project(source)  # built from a copy: setuptools leaves a build/ folder where it builds
     subprocess.run(
-        [str(BIN / "pip"), "wheel", "-q", "--no-deps", "-w", str(dist), str(ROOT)], check=True, capture_output=True
+        [str(BIN / "pip"), "wheel", "-q", "--no-deps", "-w", str(dist), str(source)], check=True, capture_output=True
     )
     emulated(root, cpu, [*pip, "--no-deps", *map(str, dist.glob("*.whl"))])
 
