@@ -379,6 +379,25 @@ def test_bodies_held_at_once_are_bounded_and_counted_as_they_arrive(models):
         server.server_close()
 
 
+def test_a_burst_of_connections_waits_in_the_accept_queue_instead_of_being_dropped(models):
+    from dogs_vs_cats.serve import make_server
+
+    paths, _ = models
+    (port,) = free_ports()
+    # Not serving yet: every connection must wait in the kernel's queue. At socketserver's default
+    # of 5 the sixth and later handshakes are dropped, and their connects time out.
+    server = make_server(str(paths["int8"]), "127.0.0.1", port, max_bytes=1000, max_connections=32)
+    sockets = []
+    try:
+        for _ in range(40):
+            sockets.append(socket.create_connection(("127.0.0.1", port), timeout=0.5))
+    finally:
+        for s in sockets:
+            s.close()
+        server.server_close()
+    assert len(sockets) == 40
+
+
 def test_serve_with_tflite_needs_no_tensorflow(models, tmp_path):
     paths, _ = models
     (tmp_path / "blocker").mkdir()
