@@ -14,6 +14,11 @@ def _load(rel: str) -> dict:
     return json.loads((ROOT / rel).read_text())
 
 
+def _printed(rel: str) -> dict:
+    """The JSON a bench printed, from its saved output (a summary line or table may follow it)."""
+    return json.JSONDecoder().raw_decode((ROOT / rel).read_text())[0]
+
+
 def _table(marker: str) -> list[list[str]]:
     """The rows (cells, markdown stripped) of the first table after `<!-- marker`."""
     lines = README[README.index(f"<!-- {marker}") :].splitlines()[1:]
@@ -142,8 +147,7 @@ def test_the_input_pipeline_figures_are_the_bench_result_and_the_recorded_traini
         text,
     )
     assert found, "the README's input-pipeline sentence has changed: update this test with it"
-    raw = (ROOT / "bench/results/speed-input-only.txt").read_text()
-    bench = json.JSONDecoder().raw_decode(raw)[0]
+    bench = _printed("bench/results/speed-input-only.txt")
     fast, slow = bench["96px"], bench["128px"]
     two, one = [_number(found.group(i)) for i in (1, 2)], [_number(found.group(i)) for i in (3, 4)]
     assert two == [round(fast["all_cores"]["images_per_s"]), round(slow["all_cores"]["images_per_s"])]
@@ -162,8 +166,7 @@ def test_the_serve_load_and_memory_sentences_are_their_result_files():
     assert found and serve["good_failures"] == 0 and serve["hostile_answered_as_expected"]
     assert int(found.group(1)) == round(serve["good_latency_ms"]["p99"])
     assert int(found.group(2)) == serve["service_rss_mb"]["peak"]
-    raw = (ROOT / "bench/results/memory-kaggle-large-as-is.txt").read_text()
-    memory = json.JSONDecoder().raw_decode(raw)[0]
+    memory = _printed("bench/results/memory-kaggle-large-as-is.txt")
     found = re.search(r"On the ([\d,]+) photos of `../shared/kaggle-large` no stage needed more than ([\d.]+) GB", text)
     assert found and _number(found.group(1)) == memory["photos"]["train"] + memory["photos"]["test"]
     assert memory["photos"]["distinct"]

@@ -207,10 +207,11 @@ def make_server(
 
         def _score(self, n: int):
             data = self._read_body(n)
-            if data is None or data is BUSY:
+            if data is BUSY:
                 self.close_connection = True
-                if data is BUSY:
-                    return self._error(503, "the service holds as many uploads as it may; try again shortly")
+                return self._error(503, "the service holds as many uploads as it may; try again shortly")
+            if data is None:
+                self.close_connection = True
                 return self._error(408, f"the request was not complete within {timeout_s:g} s; send it faster")
             self._watchdog.cancel()  # the client has sent it all: waiting for the model is not its delay
             try:
