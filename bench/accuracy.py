@@ -29,6 +29,18 @@ from dogs_vs_cats.common import machine  # noqa: E402
 from harness import BIN, bench_arguments, copy_project, fake_kaggle_for, overrides, project_env, run_group, set_params  # noqa: E402
 
 
+def teacher_holdout(project: Path, env: dict) -> dict:
+    """The teacher's own holdout scores, beside the student's that evaluate wrote."""
+    code = (
+        "import json; from dogs_vs_cats.common import scores; from dogs_vs_cats.paths import TEACHER, prepared; "
+        "from dogs_vs_cats.predict import Predictor, predict_records; "
+        "p, y, _ = predict_records(Predictor(TEACHER), prepared('holdout')); print(json.dumps(scores(p, y)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=project, env=env, capture_output=True, text=True, check=True)
+    s = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"holdout_accuracy": s["accuracy"], "holdout_log_loss": s["log_loss"]}
+
+
 def main() -> int:
     # SIGTERM (kill, pkill) becomes SystemExit, so run_group's cleanup runs as it does for Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -75,6 +87,9 @@ def main() -> int:
     score = re.search(r"public score \(log loss\): ([0-9.]+)", submit.stdout)
     ev = json.loads((project / "metrics/eval.json").read_text())
     train = json.loads((project / "metrics/train.json").read_text())
+    student = json.loads((project / "metrics/student.json").read_text())
+    unlabelled = json.loads((project / "metrics/unlabelled.json").read_text())
+    teacher = teacher_holdout(project, env) if student.get("used") else None
     result = {
         "overrides": settings,
         "competition": str(args.shared),
@@ -86,8 +101,11 @@ def main() -> int:
         "kaggle_log_loss": float(score.group(1)) if score else None,
         "model_params": train["params"],
         "model_bytes": train["model_bytes"],
-        "train_wall_s": train["wall_s"],
+        "train_wall_s": train["wall_s"] + student.get("wall_s", 0),
         "train_images_per_s": train["train_images_per_s"],
+        "unlabelled": unlabelled,
+        "teacher": {"train_wall_s": train["wall_s"], **(teacher or {})} if teacher else None,
+        "student": student,
         "precision": train["precision"],
         "repro_wall_s": round(wall, 1),
         "resumed": args.resume,
@@ -97,7 +115,7 @@ def main() -> int:
     print(json.dumps(result, indent=2))
     print(
         f"holdout accuracy {result['holdout_accuracy']:.4f} | holdout log loss {result['holdout_log_loss']:.4f} | "
-        f"fake Kaggle score {result['kaggle_log_loss']} | train {train['wall_s'] / 60:.1f} min | "
+        f"fake Kaggle score {result['kaggle_log_loss']} | train {result['train_wall_s'] / 60:.1f} min | "
         f"dvc repro {wall / 60:.1f} min"
     )
     print("peak memory: " + ", ".join(f"{k} {v['peak_rss_mb']:,} MB" for k, v in stages.items()))

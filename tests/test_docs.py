@@ -86,7 +86,7 @@ def test_the_readmes_metrics_table_is_what_dvc_metrics_show_prints_for_the_commi
     )
     assert shown.returncode == 0, shown.stderr
     lines = [line.rstrip() for line in shown.stdout.splitlines() if line.strip()]
-    assert len(lines) == 4 and max(map(len, lines)) <= 160
+    assert len(lines) == 5 and max(map(len, lines)) <= 180
     readme = [line.strip() for line in README.splitlines()]
     assert all(line.strip() in readme for line in lines), lines
 

@@ -106,7 +106,7 @@ def test_stage_outputs_exist_and_make_sense(repro):
     assert 0 <= ev["holdout"]["roc_auc"] <= 1
     train = json.loads((p / "metrics/train.json").read_text())
     # The default net: SqueezeNet v1.1 with batch normalisation (723,522 weights + 8,832 BN values).
-    assert train["params"] == 732_354 and train["model_bytes"] == (p / "data/model/model.keras").stat().st_size
+    assert train["params"] == 732_354 and train["model_bytes"] == (p / "data/teacher/model.keras").stat().st_size
     for name in ("metrics/training_curves.png", "metrics/plots/confusion.png", "metrics/plots/roc.png"):
         assert (p / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
@@ -166,16 +166,16 @@ def test_metrics_show_is_a_few_columns_of_scores_and_no_timings(repro):
     assert result.returncode == 0, result.stderr
     (workspace,) = json.loads(result.stdout).values()
     files = workspace["data"]
-    assert set(files) == {"metrics/eval.json", "metrics/int8.json", "metrics/int4.json"}
+    assert set(files) == {"metrics/eval.json", "metrics/unlabelled.json", "metrics/int8.json", "metrics/int4.json"}
 
     def leaves(d, prefix=""):
         for k, v in d.items():
             yield from leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
 
     columns = {c for f in files.values() for c in leaves(f["data"])}
-    assert len(columns) == 8 and not any(w in c for c in columns for w in ("latency", "_s", "per_s", "wall"))
+    assert len(columns) == 11 and not any(w in c for c in columns for w in ("latency", "_s", "per_s", "wall"))
     table = dvc(["metrics", "show"], repro["project"], repro["env"]).stdout.splitlines()
-    assert len(table) == 4 and max(map(len, table)) <= 160, table  # a row per file, in a 160-column terminal
+    assert len(table) == 5 and max(map(len, table)) <= 180, table  # a row per file, in a 180-column terminal
 
 
 def test_the_trained_model_predicts_new_images(repro, tmp_path):
@@ -204,7 +204,7 @@ def test_changing_a_training_param_does_not_rerun_download_split_or_prepare(repr
     set_params(p, **{"train.label_smoothing": 0.05})
     result = dvc(["status", "--json"], p, env)
     changed = set(json.loads(result.stdout))
-    assert changed == {"train"}
+    assert changed == {"train", "student"}  # the student trains by the teacher's recipe
     set_params(p, **{"train.label_smoothing": SMALL.get("train.label_smoothing", 0.1)})
 
 
@@ -225,9 +225,12 @@ def _edit_and_status(repro, rel: str) -> set[str]:
 def test_editing_code_reruns_exactly_the_stages_that_run_it(repro):
     assert json.loads(dvc(["status", "--json"], repro["project"], repro["env"]).stdout) == {}
     # The layers the saved model is made of: training builds them, every reader of the model runs them.
-    assert _edit_and_status(repro, "src/dogs_vs_cats/layers.py") == {"train", "evaluate", "submission", "export"}
-    assert _edit_and_status(repro, "src/dogs_vs_cats/model.py") == {"train"}
-    assert _edit_and_status(repro, "src/dogs_vs_cats/images.py") == {"prepare", "evaluate", "submission", "export"}
+    readers = {"pseudolabel", "evaluate", "submission", "export"}
+    assert _edit_and_status(repro, "src/dogs_vs_cats/layers.py") == {"train", "student"} | readers
+    assert _edit_and_status(repro, "src/dogs_vs_cats/model.py") == {"train", "student"}
+    assert _edit_and_status(repro, "src/dogs_vs_cats/training.py") == {"train", "student"}
+    assert _edit_and_status(repro, "src/dogs_vs_cats/pseudolabel.py") == {"pseudolabel"}
+    assert _edit_and_status(repro, "src/dogs_vs_cats/images.py") == {"prepare"} | readers
     assert _edit_and_status(repro, "src/dogs_vs_cats/params.py") == set(STAGES)
     for untouched in ("src/dogs_vs_cats/submit.py", "src/dogs_vs_cats/serve.py", "README.md"):
         assert _edit_and_status(repro, untouched) == set(), untouched
@@ -456,7 +459,8 @@ def test_push_then_pull_restores_every_output(repro):
     p, env = repro["project"], repro["env"]
     pushed = dvc(["push"], p, env)
     assert pushed.returncode == 0, pushed.stderr
-    outputs = ["data/raw", "data/split", "data/prepared", "data/model", "data/submission.csv", "data/export"]
+    outputs = ["data/raw", "data/split", "data/prepared", "data/teacher", "data/pseudo", "data/model"]
+    outputs += ["data/submission.csv", "data/export"]
     before = {
         o: (p / o).stat().st_size if (p / o).is_file() else sorted(f.name for f in (p / o).iterdir()) for o in outputs
     }

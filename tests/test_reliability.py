@@ -65,7 +65,7 @@ def test_training_killed_mid_way_resumes_from_its_last_checkpoint(tiny):
     killed_at = json.loads(state.read_text())["epoch"]
     assert 2 <= killed_at < 5
     assert (tiny / "data/train_state/average.npz").is_file()  # the weight average is checkpointed with the net
-    assert not (tiny / "data/model/model.keras").exists()  # no half-finished model for DVC to accept
+    assert not (tiny / "data/teacher/model.keras").exists()  # no half-finished model for DVC to accept
 
     result = run_cli(["train"], tiny)
     assert result.returncode == 0, result.stderr
@@ -76,7 +76,7 @@ def test_training_killed_mid_way_resumes_from_its_last_checkpoint(tiny):
     assert [int(r["epoch"]) for r in csv.DictReader(open(tiny / "metrics/val_log.csv"))] == [3, 5]
     assert all(float(r["train_s"]) > 0 for r in rows)
     assert json.loads((tiny / "metrics/train.json").read_text())["epochs"] == 5
-    assert (tiny / "data/model/model.keras").stat().st_size > 100_000
+    assert (tiny / "data/teacher/model.keras").stat().st_size > 100_000
     assert not (tiny / "data/train_state").exists()
 
 
@@ -133,7 +133,7 @@ def test_mirrored_strategy_trains_and_an_undecodable_test_image_still_gets_its_r
             "train.low_res_size": 0,
         },
     )
-    for stage in ("download", "split", "prepare", "train", "submission"):
+    for stage in ("download", "split", "prepare", "train", "student", "submission"):
         result = run_cli([stage], project)
         assert result.returncode == 0, result.stderr
         if stage == "train":
@@ -173,7 +173,7 @@ def test_progressive_resizing_with_mixup_trains_small_then_ships_at_full_size(ti
     assert "4 epochs (to 2 at 32px, to 4 at 40px)" in result.stderr
     epochs = [int(r["epoch"]) for r in csv.DictReader(open(tiny / "metrics/train_log.csv"))]
     assert epochs == [1, 2, 3, 4]
-    model = keras.models.load_model(tiny / "data/model/model.keras")
+    model = keras.models.load_model(tiny / "data/teacher/model.keras")
     assert model.input_shape == (None, 40, 40, 3)
 
 
@@ -203,7 +203,7 @@ def test_multi_worker_trains_two_workers_in_step_from_tf_config(tiny, tmp_path):
     errs = [err for _, err in results]
     assert [code for code, _ in results] == [0, 0], errs
     assert all("strategy multi_worker (2 replica(s))" in e and "Epoch 3/3" in e for e in errs)
-    nets = [keras.models.load_model(folder / "data/model/model.keras") for folder in (tiny, second)]
+    nets = [keras.models.load_model(folder / "data/teacher/model.keras") for folder in (tiny, second)]
     for a, b in zip(*(net.get_weights() for net in nets)):
         np.testing.assert_array_equal(a, b)  # gradients and batch-norm statistics were averaged over both workers
     rows = list(csv.DictReader(open(tiny / "metrics/train_log.csv")))
@@ -257,7 +257,7 @@ def test_a_short_training_tells_the_synthetic_cats_from_dogs(tmp_path):
             "train.low_res_size": 0,
         },
     )
-    for stage in ("download", "split", "prepare", "train", "evaluate"):
+    for stage in ("download", "split", "prepare", "train", "student", "evaluate"):
         result = run_cli([stage], project)
         assert result.returncode == 0, result.stderr
     ev = json.loads((project / "metrics/eval.json").read_text())

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from .common import atomic_path, log, write_csv, write_json
 from .params import Params
-from .paths import TRAIN_LOG, TRAIN_STATE, VAL_LOG, prepared
+from .paths import Run, prepared
 from .records import read_records
 
 LOG_FIELDS = ["epoch", "accuracy", "loss", "log_loss", "learning_rate", "train_s"]
@@ -130,9 +130,9 @@ class WeightAverage(keras.callbacks.Callback):
 class EpochState(keras.callbacks.Callback):
     """Time the training steps, validate on the validated epochs, log each epoch atomically, checkpoint for resume."""
 
-    def __init__(self, fp: str, history: list[dict], validation: Validation, average: WeightAverage | None):
+    def __init__(self, run: Run, fp: str, history: list[dict], validation: Validation, average: WeightAverage | None):
         super().__init__()
-        self.fp, self.history, self.validation, self.average = fp, history, validation, average
+        self.run, self.fp, self.history, self.validation, self.average = run, fp, history, validation, average
         self.train_seconds: list[float] = []
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -153,35 +153,42 @@ class EpochState(keras.callbacks.Callback):
         if self.train_seconds:  # seconds of training steps, without validation: shows a noisy host's slow epochs
             row["train_s"] = round(self.train_seconds[-1], 1)
         self.history.append(row)
-        write_csv(TRAIN_LOG, LOG_FIELDS, [[r.get(k, "") for k in LOG_FIELDS] for r in self.history])
-        write_csv(VAL_LOG, VAL_FIELDS, [[r[k] for k in VAL_FIELDS] for r in self.history if "val_accuracy" in r])
-        TRAIN_STATE.mkdir(parents=True, exist_ok=True)
-        with atomic_path(TRAIN_STATE / "last.keras", suffix=".keras") as tmp:
+        write_logs(self.run, self.history)
+        state = self.run.state
+        state.mkdir(parents=True, exist_ok=True)
+        with atomic_path(state / "last.keras", suffix=".keras") as tmp:
             self.model.save(tmp)
         if self.average is not None:
-            self.average.save(TRAIN_STATE / "average.npz")
-        write_json(TRAIN_STATE / "state.json", {"fingerprint": self.fp, "epoch": epoch + 1, "history": self.history})
+            self.average.save(state / "average.npz")
+        write_json(state / "state.json", {"fingerprint": self.fp, "epoch": epoch + 1, "history": self.history})
 
 
-def resume(fp: str, average: WeightAverage | None):
+def write_logs(run: Run, history: list[dict]) -> None:
+    """The run's epoch log and its validated epochs' log (headers alone for no epochs)."""
+    write_csv(run.log, LOG_FIELDS, [[r.get(k, "") for k in LOG_FIELDS] for r in history])
+    write_csv(run.val_log, VAL_FIELDS, [[r[k] for k in VAL_FIELDS] for r in history if "val_accuracy" in r])
+
+
+def resume(run: Run, fp: str, average: WeightAverage | None):
     """(model, history) from a matching checkpoint, or (None, []); restores `average` too."""
+    state_dir, stage = run.state, run.stage
     try:
-        state = json.loads((TRAIN_STATE / "state.json").read_text())
+        state = json.loads((state_dir / "state.json").read_text())
     except (OSError, ValueError):
         return None, []
-    if state.get("fingerprint") != fp or not (TRAIN_STATE / "last.keras").is_file():
-        log("train: found a checkpoint from other params or data; starting afresh")
+    if state.get("fingerprint") != fp or not (state_dir / "last.keras").is_file():
+        log(f"{stage}: found a checkpoint from other params or data; starting afresh")
         return None, []
 
     try:
-        net = keras.models.load_model(TRAIN_STATE / "last.keras")
+        net = keras.models.load_model(state_dir / "last.keras")
     except Exception as exc:  # a damaged checkpoint must not stop training; just start over
-        log(f"train: checkpoint unreadable ({exc}); starting afresh")
+        log(f"{stage}: checkpoint unreadable ({exc}); starting afresh")
         return None, []
     if average is not None:
         average.set_model(net)
-        if not average.load(TRAIN_STATE / "average.npz"):
-            log(f"train: checkpoint has no usable weight average ({TRAIN_STATE}/average.npz); starting afresh")
+        if not average.load(state_dir / "average.npz"):
+            log(f"{stage}: checkpoint has no usable weight average ({state_dir}/average.npz); starting afresh")
             return None, []
-    log(f"train: resuming after epoch {state['epoch']} from {TRAIN_STATE}/last.keras")
+    log(f"{stage}: resuming after epoch {state['epoch']} from {state_dir}/last.keras")
     return net, state["history"]

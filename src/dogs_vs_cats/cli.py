@@ -10,7 +10,7 @@ import sys
 from .common import UserError
 from .paths import MODEL
 
-STAGES = ("download", "split", "prepare", "train", "evaluate", "submission", "export")
+STAGES = ("download", "split", "prepare", "train", "pseudolabel", "student", "evaluate", "submission", "export")
 
 
 def _parser() -> argparse.ArgumentParser:

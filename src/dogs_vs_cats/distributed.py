@@ -30,7 +30,9 @@ def choose_strategy(name: str):
     return tf.distribute.get_strategy()
 
 
-def fit_replicated(net, strategy, params: Params, size: int, steps: int, epochs: int, initial_epoch: int, callbacks):
+def fit_replicated(
+    net, strategy, params: Params, size: int, steps: int, epochs: int, initial_epoch: int, callbacks, source=None
+):
     """fit() for MultiWorkerMirroredStrategy, under which Keras 3's own fails (keras-team/keras#20585).
 
     The same compiled optimizer (so the same learning-rate schedule and weight decay), loss, metrics
@@ -46,7 +48,11 @@ def fit_replicated(net, strategy, params: Params, size: int, steps: int, epochs:
         )
     data = strategy.distribute_datasets_from_function(
         lambda ctx: train_dataset(
-            params, size, (ctx.input_pipeline_id, ctx.num_input_pipelines), ctx.get_per_replica_batch_size(t.batch_size)
+            params,
+            size,
+            (ctx.input_pipeline_id, ctx.num_input_pipelines),
+            ctx.get_per_replica_batch_size(t.batch_size),
+            source,
         )
     )
 

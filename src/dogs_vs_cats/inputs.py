@@ -7,6 +7,7 @@ and every random draw is seeded per batch, so the same seed gives the same batch
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import tensorflow as tf
 
@@ -102,15 +103,22 @@ def mixup(alpha: float):
     return mix
 
 
-def train_dataset(params: Params, size: int, shard: tuple[int, int] = (0, 1), batch_size: int | None = None):
-    """Shuffled, augmented training batches at `size` px, streamed from the prepared store, epoch after epoch.
+def train_dataset(
+    params: Params,
+    size: int,
+    shard: tuple[int, int] = (0, 1),
+    batch_size: int | None = None,
+    source: Path | None = None,
+):
+    """Shuffled, augmented training batches at `size` px, streamed from `source` (the prepared training
+    images by default), epoch after epoch.
 
     `shard` (i, n) keeps every n-th record from the i-th, in batches of `batch_size`: one worker's
     part of a multi-worker run.
     """
     t = params.train
     index, count = shard
-    records = read_records(prepared("train"), params.prepare.image_size)
+    records = read_records(source or prepared("train"), params.prepare.image_size)
     batches = (
         (records.shard(count, index) if count > 1 else records)
         .map(lambda x, y, name: (x, y))

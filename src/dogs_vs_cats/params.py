@@ -8,7 +8,7 @@ starts, so a typo never costs a half-finished training run.
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,14 @@ class Train:
 
 
 @dataclass(frozen=True)
+class Unlabelled:
+    enabled: bool = False
+    threshold: float = 0.9
+    epochs: int = 30
+    low_res_epochs: int = 22
+
+
+@dataclass(frozen=True)
 class Submission:
     clip: float = 0.01
 
@@ -107,6 +115,7 @@ class Params:
     split: Split = field(default_factory=Split)
     prepare: Prepare = field(default_factory=Prepare)
     train: Train = field(default_factory=Train)
+    unlabelled: Unlabelled = field(default_factory=Unlabelled)
     submission: Submission = field(default_factory=Submission)
     export: Export = field(default_factory=Export)
 
@@ -161,6 +170,9 @@ _RULES: dict[str, tuple] = {
     "train.augment.contrast": _between(0, 1, hi_open=True),
     "train.augment.brightness": _between(0, 1, hi_open=True),
     "train.augment.mixup": _between(0, 10),
+    "unlabelled.threshold": _between(0.5, 1, hi_open=True),
+    "unlabelled.epochs": _between(1, 10_000),
+    "unlabelled.low_res_epochs": _between(0, 10_000),
     "submission.clip": _between(0, 0.5, hi_open=True),
     "export.calibration_images": _between(1, 100_000),
     "export.latency_runs": _between(1, 100_000),
@@ -241,7 +253,24 @@ def from_dict(raw: Any) -> Params:
             f"params.yaml: train.low_res_epochs = {t.low_res_epochs} is invalid: expected fewer than "
             f"train.epochs ({t.epochs}), so the last epochs train at prepare.image_size"
         )
+    u = params.unlabelled
+    if u.enabled and t.warmup_epochs >= u.epochs and t.warmup_epochs > 0:
+        raise ParamError(
+            f"params.yaml: unlabelled.epochs = {u.epochs} is invalid: expected more than "
+            f"train.warmup_epochs ({t.warmup_epochs}), the student's warm-up too"
+        )
+    if u.enabled and t.low_res_size and u.low_res_epochs >= u.epochs:
+        raise ParamError(
+            f"params.yaml: unlabelled.low_res_epochs = {u.low_res_epochs} is invalid: expected fewer than "
+            f"unlabelled.epochs ({u.epochs}), so the student's last epochs train at prepare.image_size"
+        )
     return params
+
+
+def student(params: Params) -> Params:
+    """The params the student trains with: the teacher's recipe, over `unlabelled`'s epochs."""
+    u = params.unlabelled
+    return replace(params, train=replace(params.train, epochs=u.epochs, low_res_epochs=u.low_res_epochs))
 
 
 def load(path: str | Path = "params.yaml") -> Params:

@@ -6,13 +6,19 @@ other, and `tests/test_pipeline.py` checks that `dvc.yaml` says the same.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 # Stage outputs, in pipeline order.
 RAW = Path("data/raw")  # download: train.zip, test.zip, sample_submission.csv
 SPLIT = Path("data/split")  # split: train.csv, val.csv, holdout.csv
 PREPARED = Path("data/prepared")  # prepare: one TFRecord file per set
-MODEL_DIR = Path("data/model")  # train
+TEACHER_DIR = Path("data/teacher")  # train: the model learnt from the labelled photos alone
+TEACHER = TEACHER_DIR / "model.keras"
+PSEUDO = Path("data/pseudo")  # pseudolabel: the teacher's labels for the test photos, and the student's store
+PSEUDO_LABELS = PSEUDO / "labels.csv"
+STUDENT_RECORDS = PSEUDO / "student.tfrecord"  # labelled and confidently pseudo-labelled images, shuffled
+MODEL_DIR = Path("data/model")  # student: the model evaluate, submission and export read (the teacher's when off)
 MODEL = MODEL_DIR / "model.keras"
 SUBMISSION = Path("data/submission.csv")  # submission
 EXPORT = Path("data/export")  # export: model_<form>.tflite
@@ -23,6 +29,10 @@ TRAIN_METRICS = Path("metrics/train.json")
 TRAIN_LOG = Path("metrics/train_log.csv")  # every epoch
 VAL_LOG = Path("metrics/val_log.csv")  # the validated epochs only
 TRAIN_CURVES = Path("metrics/training_curves.png")  # both logs drawn: the original demo's figure
+UNLABELLED_METRICS = Path("metrics/unlabelled.json")  # whether test photos were used, how many, at what threshold
+STUDENT_METRICS = Path("metrics/student.json")
+STUDENT_LOG = Path("metrics/student_log.csv")
+STUDENT_VAL_LOG = Path("metrics/student_val_log.csv")
 EVAL_METRICS = Path("metrics/eval.json")
 EVAL_PLOTS = Path("metrics/plots")  # confusion, ROC and precision-recall as CSV; confusion.png and roc.png
 # The integer forms' size and holdout scores, one file each: what `dvc metrics` compares, a row per form.
@@ -32,6 +42,7 @@ EXPORT_REPORT = Path("metrics/export_forms.json")  # every form: size, scores an
 # Working folders outside DVC's outputs, so DVC does not delete them before a re-run.
 DOWNLOAD_STAGING = Path("data/.download")  # partial downloads the kaggle client resumes
 TRAIN_STATE = Path("data/train_state")  # per-epoch checkpoints a killed run resumes from
+STUDENT_STATE = Path("data/student_state")
 
 SETS = ("train", "val", "holdout")  # the labelled sets split writes and prepare stores
 
@@ -39,3 +50,21 @@ SETS = ("train", "val", "holdout")  # the labelled sets split writes and prepare
 def prepared(key: str) -> Path:
     """The prepared store of one set: train, val, holdout or test."""
     return PREPARED / f"{key}.tfrecord"
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one training run reads and writes: the train stage's teacher, or the student stage's model."""
+
+    stage: str
+    source: Path  # the training images
+    model: Path
+    metrics: Path
+    log: Path
+    val_log: Path
+    curves: Path | None
+    state: Path
+
+
+TEACHER_RUN = Run("train", prepared("train"), TEACHER, TRAIN_METRICS, TRAIN_LOG, VAL_LOG, TRAIN_CURVES, TRAIN_STATE)
+STUDENT_RUN = Run("student", STUDENT_RECORDS, MODEL, STUDENT_METRICS, STUDENT_LOG, STUDENT_VAL_LOG, None, STUDENT_STATE)

@@ -1,7 +1,8 @@
 """The prepared store: one TFRecord file per set, each record an image's raw uint8 pixels.
 
-`prepare` writes it; `train`, `evaluate`, `submission` and `export` stream it. The format
-lives here, apart from any stage, so a reader never imports the stage that wrote it.
+`prepare` writes it, and `pseudolabel` the student's store; `train`, `student`, `evaluate`,
+`submission` and `export` stream it. The format lives here, apart from any stage, so a reader
+never imports the stage that wrote it.
 """
 
 from __future__ import annotations

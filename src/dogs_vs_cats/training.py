@@ -1,0 +1,169 @@
+"""How a SqueezeNet is trained, for both stages that train one: `train` (the teacher, on the
+labelled photos) and `student` (on labelled and pseudo-labelled photos, when `unlabelled` is on).
+
+    phases      -> the epochs of each image size (progressive resizing)
+    fit         -> train them, validating, logging and checkpointing every epoch (callbacks.py)
+    calibrate   -> fit a temperature on validation and fold it into the net (calibrate.py)
+    ship        -> save the float32 net, with its test-time views, where the run's stage writes it
+    report      -> the run's metrics file and, for the teacher, the training curves' picture
+
+The architecture is in model.py, the optimiser recipe in recipe.py, the input stream in
+inputs.py and the multi-worker loop in distributed.py. A run that is killed resumes from
+its last epoch, as long as the params and the training data are unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import sys
+import time
+
+import keras
+import tensorflow as tf
+
+from .calibrate import fit_temperature, fold_temperature, view_logits
+from .callbacks import EpochState, Validation, WeightAverage, resume
+from .common import atomic_path, log, write_json
+from .distributed import choose_strategy, fit_replicated
+from .figures import training_curves
+from .inputs import train_dataset
+from .layers import TestTimeViews
+from .model import from_params, with_tta
+from .params import Params, as_dict
+from .paths import Run, prepared
+from .recipe import choose_precision, compile_for_training
+from .records import count_records
+
+
+def fingerprint(params: Params, run: Run) -> str:
+    """What a checkpoint must match to be resumed: train/prepare params and the training data."""
+    h = hashlib.sha256()
+    h.update(json.dumps([as_dict(params.train), as_dict(params.prepare)], sort_keys=True).encode())
+    for path in (run.source, prepared("val")):
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def build(params: Params, steps_per_epoch: int):
+    """The compiled training net. Progressive resizing feeds two image sizes; the net is fully
+    convolutional, so one set of weights takes both."""
+    t = params.train
+    net = from_params(t, None if t.low_res_size else params.prepare.image_size)
+    compile_for_training(net, t, steps_per_epoch)
+    return net
+
+
+def phases(params: Params) -> list[tuple[int, int]]:
+    """(last epoch, training image size) per phase: the early epochs on cheaper small images,
+    the last at the size the model is evaluated and shipped at."""
+    t = params.train
+    low = [(t.low_res_epochs, t.low_res_size)] if t.low_res_size else []
+    return low + [(t.epochs, params.prepare.image_size)]
+
+
+def fit(params: Params, run: Run, net, strategy, steps: int, history: list, callbacks: list) -> None:
+    """Train every phase not yet done (a resumed run skips what its checkpoint holds)."""
+    for until, size in phases(params):
+        done = len(history)
+        if done >= until:
+            continue
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            fit_replicated(net, strategy, params, size, steps, until, done, callbacks, run.source)
+            continue
+        net.fit(
+            # shuffle=False: the stream shuffles itself, seeded; Keras' default would only warn that it is ignored.
+            train_dataset(params, size, source=run.source),
+            steps_per_epoch=steps,
+            epochs=until,
+            initial_epoch=done,
+            shuffle=False,
+            callbacks=callbacks,
+            verbose=1 if sys.stderr.isatty() else 2,
+        )
+
+
+def calibrated(params: Params, weights: list) -> tuple[keras.Model, float]:
+    """The float32 net with `weights`, its temperature fitted on validation and folded in."""
+    t = params.train
+    size = params.prepare.image_size
+    # The shipped model is float32 whatever the training precision: it must run anywhere.
+    keras.mixed_precision.set_global_policy("float32")
+    net = from_params(t, size)
+    net.set_weights(weights)
+    temperature = fit_temperature(*view_logits(net, TestTimeViews(t.tta, t.tta_crop), prepared("val"), size))
+    fold_temperature(net, temperature)
+    return net, temperature
+
+
+def ship(params: Params, net: keras.Model, path) -> None:
+    """Save the net with its test-time views inside, atomically, where dvc.yaml expects it."""
+    shipped = with_tta(net, params.train.tta, params.train.tta_crop)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".keras") as tmp:
+        shipped.save(tmp)
+
+
+def train(params: Params, run: Run, callbacks: tuple = (), extra: dict | None = None) -> None:
+    """Train, calibrate and ship one model as `run` says. `callbacks` are extra Keras callbacks for
+    every epoch (hooks for benchmarks); `extra` goes into the run's metrics file."""
+    t = params.train
+    keras.utils.set_random_seed(t.seed)
+    precision = choose_precision(t.precision)
+    keras.mixed_precision.set_global_policy(precision)
+    strategy = choose_strategy(t.strategy)
+    # Counted from the prepared file itself, so prepare's report (which holds a throughput) is no train input.
+    n_train = count_records(run.source)
+    steps = math.ceil(n_train / t.batch_size)
+    fp = fingerprint(params, run)
+    plan = phases(params)
+    # The average covers the last phase only: weights tuned to the small images would drag it back.
+    average = WeightAverage(t.ema, start=plan[-2][0] + 1 if len(plan) > 1 else 1) if t.ema else None
+    with strategy.scope():
+        net, history = resume(run, fp, average)
+        if net is None:
+            net = build(params, steps)  # a stale average from a refused checkpoint is harmless: update 0 copies
+    log(
+        f"{run.stage}: {t.model} ({net.count_params():,} params, batch_norm={t.batch_norm}"
+        f"{'' if t.batch_norm_expand else ' (squeezes only)'}, bypass={t.bypass}) on {n_train} images, "
+        f"{t.epochs} epochs ({', '.join(f'to {e} at {s}px' for e, s in plan)}), {precision}, "
+        f"strategy {t.strategy} ({strategy.num_replicas_in_sync} replica(s)), "
+        f"validating every {t.validation_freq} epoch(s) and the last"
+    )
+    # Validation only monitors (nothing is chosen by it), so it runs every validation_freq-th epoch
+    # and always after the last, whose figures go to metrics/train.json.
+    val_epochs = [e for e in range(1, t.epochs + 1) if e % t.validation_freq == 0 or e == t.epochs]
+    epoch_state = EpochState(run, fp, history, Validation(params, val_epochs), average)
+    start = time.monotonic()
+    fit(params, run, net, strategy, steps, history, [*([average] if average else []), epoch_state, *callbacks])
+    wall = time.monotonic() - start
+
+    final, temperature = calibrated(params, net.get_weights() if average is None else average.weights())
+    ship(params, final, run.model)
+    last = history[-1] if history else {}
+    secs = sorted(epoch_state.train_seconds[1:] or epoch_state.train_seconds)
+    write_json(
+        run.metrics,
+        {
+            **(extra or {}),
+            "model": t.model,
+            "params": int(final.count_params()),
+            "model_bytes": run.model.stat().st_size,
+            "precision": precision,
+            "epochs": len(history),
+            "accuracy": last.get("accuracy"),
+            "val_accuracy": last.get("val_accuracy"),
+            "val_log_loss": last.get("val_log_loss"),
+            "temperature": round(temperature, 4),
+            "train_images_per_s": round(n_train / secs[len(secs) // 2], 1) if secs else None,
+            "wall_s": round(wall, 1),
+        },
+    )
+    if run.curves is not None:
+        training_curves(run.log, run.val_log, run.curves)
+    shutil.rmtree(run.state, ignore_errors=True)
+    log(f"{run.stage}: done in {wall:.0f}s; temperature {temperature:.3f}; model in {run.model}")
