@@ -9,6 +9,7 @@ import subprocess
 import zipfile
 
 import pytest
+import yaml
 
 from dogs_vs_cats.cli import STAGES
 from dogs_vs_cats.submission import check
@@ -206,6 +207,16 @@ def test_changing_a_training_param_does_not_rerun_download_split_or_prepare(repr
     changed = set(json.loads(result.stdout))
     assert changed == {"train", "student"}  # the student trains by the teacher's recipe
     set_params(p, **{"train.label_smoothing": SMALL.get("train.label_smoothing", 0.1)})
+
+
+def test_the_students_epochs_rerun_the_student_alone_and_the_threshold_the_pseudo_labels_too(repro):
+    p, env = repro["project"], repro["env"]
+    unlabelled = yaml.safe_load((p / "params.yaml").read_text())["unlabelled"]
+    for key, value, stages in (("epochs", 40, {"student"}), ("threshold", 0.95, {"pseudolabel", "student"})):
+        set_params(p, **{f"unlabelled.{key}": value})
+        assert set(json.loads(dvc(["status", "--json"], p, env).stdout)) == stages, key
+        set_params(p, **{f"unlabelled.{key}": unlabelled[key]})
+    assert json.loads(dvc(["status", "--json"], p, env).stdout) == {}
 
 
 def _edit_and_status(repro, rel: str) -> set[str]:
