@@ -13,7 +13,7 @@ import yaml
 
 from dogs_vs_cats.params import ParamError, from_dict
 from dogs_vs_cats.pseudolabel import choose
-from harness import copy_project, make_competition, run_cli, set_params
+from harness import run_cli, set_params, tiny_project
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -57,29 +57,13 @@ def test_bad_unlabelled_params_are_one_clear_line(unlabelled, words):
 @pytest.fixture
 def tiny(tmp_path):
     """A tiny generated competition with 16 test photos, trained as far as the teacher."""
-    comp = make_competition(tmp_path / "comp", n_per_class=30, n_test=16)
-    project = copy_project(tmp_path / "project")
-    set_params(
-        project,
-        **{
-            "data.source": str(comp),
-            "split.n_train": 40,
-            "split.n_val": 10,
-            "split.n_holdout": 10,
-            "prepare.image_size": 32,
-            "train.epochs": 4,
-            "train.warmup_epochs": 1,
-            "train.batch_size": 8,
-            "train.low_res_size": 0,
-            "train.validation_freq": 2,
-            "unlabelled.epochs": 3,
-            "unlabelled.threshold": 0.5,  # every test photo kept: the tiny teacher is rarely sure
-        },
-    )
-    for stage in ("download", "split", "prepare", "train"):
-        result = run_cli([stage], project)
-        assert result.returncode == 0, result.stderr
-    return project
+    settings = {
+        "train.epochs": 4,
+        "train.validation_freq": 2,
+        "unlabelled.epochs": 3,
+        "unlabelled.threshold": 0.5,  # every test photo kept: the tiny teacher is rarely sure
+    }
+    return tiny_project(tmp_path, 16, ("download", "split", "prepare", "train"), **settings)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -164,3 +148,26 @@ def test_on_the_student_learns_the_teachers_labels_and_is_what_evaluate_and_subm
     submitted = {int(r["id"]): float(r["label"]) for r in _rows(tiny / "data/submission.csv")}
     for name, q in zip(names, np.clip(p_test, 0.01, 0.99)):
         assert abs(submitted[int(Path(name).stem)] - q) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "rows, words",
+    [
+        (None, "data/pseudo/labels.csv: the test photos were not labelled; run `dvc repro pseudolabel`"),
+        ([], "data/pseudo/labels.csv: the test photos were not labelled; run `dvc repro pseudolabel`"),
+        (
+            [("1", "0.6", "1", "0"), ("2", "0.3", "0", "0")],
+            "data/pseudo/labels.csv: none of 2 test photos reached unlabelled.threshold = 0.9; lower it",
+        ),
+    ],
+)
+def test_the_student_refuses_to_train_without_pseudo_labels_in_one_line(tmp_path, monkeypatch, rows, words):
+    from dogs_vs_cats import student
+    from dogs_vs_cats.common import UserError, write_csv
+
+    monkeypatch.chdir(tmp_path)
+    if rows is not None:
+        write_csv("data/pseudo/labels.csv", ["name", "p_dog", "label", "kept"], rows)
+    with pytest.raises(UserError) as error:
+        student.run(from_dict({"unlabelled": {"enabled": True}}))
+    assert str(error.value) == words

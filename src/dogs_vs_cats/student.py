@@ -8,13 +8,13 @@ augmentation and dropout see each pseudo-labelled photo in ways the teacher neve
 
 from __future__ import annotations
 
-import json
+import csv
 import shutil
 
 from .callbacks import write_logs
 from .common import UserError, atomic_path, log, write_json
 from .params import Params, student
-from .paths import MODEL, STUDENT_RUN, TEACHER, UNLABELLED_METRICS
+from .paths import MODEL, PSEUDO_LABELS, STUDENT_RUN, TEACHER
 from .training import train
 
 
@@ -29,10 +29,22 @@ def run(params: Params, callbacks: tuple = ()) -> None:
         write_json(STUDENT_RUN.metrics, {"used": False, "model": str(TEACHER)})
         log(f"student: unlabelled.enabled is false; {MODEL} is the teacher's model")
         return
+    train(student(params), STUDENT_RUN, callbacks, extra={"used": True, "pseudo_labelled": _kept(params)})
+
+
+def _kept(params: Params) -> int:
+    """How many test photos `pseudolabel` kept, from its own list (a dependency of this stage)."""
     try:
-        used = json.loads(UNLABELLED_METRICS.read_text())
-    except (OSError, ValueError):
-        used = {}
-    if not used.get("used"):
-        raise UserError(f"{UNLABELLED_METRICS}: the test photos were not labelled; run `dvc repro pseudolabel`")
-    train(student(params), STUDENT_RUN, callbacks, extra={"used": True, "pseudo_labelled": used["photos"]})
+        with open(PSEUDO_LABELS, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        rows = []
+    if not rows:
+        raise UserError(f"{PSEUDO_LABELS}: the test photos were not labelled; run `dvc repro pseudolabel`")
+    kept = sum(r["kept"] == "1" for r in rows)
+    if not kept:
+        raise UserError(
+            f"{PSEUDO_LABELS}: none of {len(rows)} test photos reached unlabelled.threshold = "
+            f"{params.unlabelled.threshold}; lower it"
+        )
+    return kept
