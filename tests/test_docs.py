@@ -140,13 +140,13 @@ def test_the_arm64_sentence_is_its_result_file():
 
 
 def test_the_input_pipeline_figures_are_the_bench_result_and_the_recorded_training():
-    text = " ".join(README.split())
+    text = " ".join((ROOT / "docs/scaling.md").read_text().split())
     found = re.search(
         r"streams ([\d,]+) augmented photos a second at 96 px and ([\d,]+) at 128 px on the 2 cores, "
         r"about ([\d,]+) and ([\d,]+) per core, (\d+) to (\d+) times the (\d+) a second",
         text,
     )
-    assert found, "the README's input-pipeline sentence has changed: update this test with it"
+    assert found, "docs/scaling.md's input-pipeline sentence has changed: update this test with it"
     bench = _printed("bench/results/speed-input-only.txt")
     fast, slow = bench["96px"], bench["128px"]
     two, one = [_number(found.group(i)) for i in (1, 2)], [_number(found.group(i)) for i in (3, 4)]
