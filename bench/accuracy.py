@@ -29,16 +29,43 @@ from dogs_vs_cats.common import machine  # noqa: E402
 from harness import BIN, bench_arguments, copy_project, fake_kaggle_for, overrides, project_env, run_group, set_params  # noqa: E402
 
 
-def teacher_holdout(project: Path, env: dict) -> dict:
-    """The teacher's own holdout scores, beside the student's that evaluate wrote."""
-    code = (
-        "import json; from dogs_vs_cats.common import scores; from dogs_vs_cats.paths import TEACHER, prepared; "
-        "from dogs_vs_cats.predict import Predictor, predict_records; "
-        "p, y, _ = predict_records(Predictor(TEACHER), prepared('holdout')); print(json.dumps(scores(p, y)))"
+def teacher_holdout(project: Path, env: dict, threshold: float) -> dict:
+    """The teacher's own holdout scores, beside the student's that evaluate wrote, and how right it is
+    on the holdout photos it is `threshold` sure of: the best estimate of its pseudo-labels' accuracy
+    (the test photos' labels stay unread). Runs this file in the copy, on the copy's own code."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--score-teacher", str(threshold)],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=project, env=env, capture_output=True, text=True, check=True)
-    s = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"holdout_accuracy": s["accuracy"], "holdout_log_loss": s["log_loss"]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def score_teacher(threshold: float) -> None:
+    """In a project: print the teacher's holdout scores, and its accuracy on the photos it is sure of."""
+    import numpy as np
+
+    from dogs_vs_cats.common import scores
+    from dogs_vs_cats.paths import TEACHER, prepared
+    from dogs_vs_cats.predict import Predictor, predict_records
+    from dogs_vs_cats.pseudolabel import choose
+
+    p, y, _ = predict_records(Predictor(TEACHER), prepared("holdout"))
+    kept, label = choose(p, threshold)
+    s = scores(p, y)
+    print(
+        json.dumps(
+            {
+                "holdout_accuracy": s["accuracy"],
+                "holdout_log_loss": s["log_loss"],
+                "holdout_share_sure": round(float(kept.mean()), 4),
+                "holdout_accuracy_when_sure": round(float(np.mean(label[kept] == y[kept])), 4),
+            }
+        )
+    )
 
 
 def main() -> int:
@@ -52,7 +79,11 @@ def main() -> int:
         help="with --keep (and the run's own --set list, not applied again): finish a stopped run in that "
         "folder; dvc repro runs only what is left, so memory and repro time cover only those stages",
     )
+    ap.add_argument("--score-teacher", type=float, metavar="THRESHOLD", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.score_teacher is not None:
+        score_teacher(args.score_teacher)
+        return 0
     if args.resume and not (args.keep and (args.keep / "project").is_dir()):
         ap.error("--resume needs --keep DIR of an earlier run (DIR/project)")
 
@@ -89,7 +120,7 @@ def main() -> int:
     train = json.loads((project / "metrics/train.json").read_text())
     student = json.loads((project / "metrics/student.json").read_text())
     unlabelled = json.loads((project / "metrics/unlabelled.json").read_text())
-    teacher = teacher_holdout(project, env) if student.get("used") else None
+    teacher = teacher_holdout(project, env, unlabelled["threshold"]) if student.get("used") else None
     result = {
         "overrides": settings,
         "competition": str(args.shared),
