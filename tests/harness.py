@@ -154,6 +154,29 @@ def set_params(project: Path, **settings) -> None:
     path.write_text(yaml.safe_dump(with_overrides(yaml.safe_load(path.read_text()), settings), sort_keys=False))
 
 
+# What every tiny training test shares: 30 photos a class, a 40/10/10 split, 32 px, batches of 8.
+TINY = {
+    "split.n_train": 40,
+    "split.n_val": 10,
+    "split.n_holdout": 10,
+    "prepare.image_size": 32,
+    "train.warmup_epochs": 1,
+    "train.batch_size": 8,
+    "train.low_res_size": 0,
+}
+
+
+def tiny_project(tmp_path: Path, n_test: int, stages: tuple[str, ...], **settings) -> Path:
+    """A project copy on a tiny generated competition (TINY, then `settings`), run through `stages`."""
+    comp = make_competition(tmp_path / "comp", n_per_class=30, n_test=n_test)
+    project = copy_project(tmp_path / "project")
+    set_params(project, **{"data.source": str(comp), **TINY, **settings})
+    for stage in stages:
+        result = run_cli([stage], project)
+        assert result.returncode == 0, f"{stage}: {result.stderr}"
+    return project
+
+
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 600):
     return subprocess.run(
         [str(BIN / "dogs-vs-cats"), *args],

@@ -10,7 +10,17 @@ import time
 
 import pytest
 
-from harness import BIN, copy_project, free_ports, make_competition, project_env, run_cli, set_params, train_workers
+from harness import (
+    BIN,
+    copy_project,
+    free_ports,
+    make_competition,
+    project_env,
+    run_cli,
+    set_params,
+    tiny_project,
+    train_workers,
+)
 
 pytestmark = pytest.mark.slow  # trains for real, kills and races real processes
 
@@ -18,28 +28,8 @@ pytestmark = pytest.mark.slow  # trains for real, kills and races real processes
 @pytest.fixture
 def tiny(tmp_path):
     """A project copy on a tiny generated competition, prepared and ready to train."""
-    comp = make_competition(tmp_path / "comp", n_per_class=30, n_test=4)
-    project = copy_project(tmp_path / "project")
-    set_params(
-        project,
-        **{
-            "data.source": str(comp),
-            "split.n_train": 40,
-            "split.n_val": 10,
-            "split.n_holdout": 10,
-            "prepare.image_size": 32,
-            "train.epochs": 5,
-            "train.warmup_epochs": 1,
-            "train.batch_size": 8,
-            "train.low_res_size": 0,
-            "train.validation_freq": 3,
-            "train.ema": 0.9,
-        },
-    )
-    for stage in ("download", "split", "prepare"):
-        result = run_cli([stage], project)
-        assert result.returncode == 0, result.stderr
-    return project
+    settings = {"train.epochs": 5, "train.validation_freq": 3, "train.ema": 0.9}
+    return tiny_project(tmp_path, 4, ("download", "split", "prepare"), **settings)
 
 
 def test_training_killed_mid_way_resumes_from_its_last_checkpoint(tiny):
