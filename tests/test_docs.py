@@ -233,3 +233,14 @@ def test_the_unlabelled_costs_and_scores_in_the_prose_are_the_result_files():
     assert pool and [float(g) for g in pool.groups()] == [
         round(small[k], 3) for k in ("holdout_accuracy", "holdout_log_loss")
     ] + [round(small["teacher"][k], 3) for k in ("holdout_accuracy", "holdout_log_loss")]
+
+
+def test_the_readmes_unlabelled_gains_are_the_result_files():
+    text = " ".join(README.split())
+    found = re.search(r"beats its teacher on both seeds, by (\d+\.\d) and (\d+\.\d) points of holdout accuracy", text)
+    assert found, "the README's unlabelled sentence has changed: update this test with it"
+    gains = []
+    for seed in (42, 7):
+        r = _load(f"bench/results/accuracy-unlabelled-kaggle-large-seed{seed}.json")
+        gains.append(round(100 * (r["holdout_accuracy"] - r["teacher"]["holdout_accuracy"]), 1))
+    assert [float(g) for g in found.groups()] == gains and min(gains) > 0
