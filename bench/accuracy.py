@@ -23,10 +23,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from dogs_vs_cats.common import machine  # noqa: E402
-from harness import BIN, bench_arguments, copy_project, fake_kaggle_for, overrides, project_env, run_group, set_params  # noqa: E402
+from benchlib import (  # noqa: E402
+    BIN,
+    bench_arguments,
+    copy_project,
+    fake_kaggle_for,
+    machine,
+    overrides,
+    project_env,
+    run_group,
+    set_params,
+)
 
 
 def teacher_holdout(project: Path, env: dict, threshold: float) -> dict:
@@ -49,9 +59,9 @@ def score_teacher(threshold: float) -> None:
     import numpy as np
 
     from dogs_vs_cats.common import scores
+    from dogs_vs_cats.inference import Predictor, predict_records
     from dogs_vs_cats.paths import TEACHER, prepared
-    from dogs_vs_cats.predict import Predictor, predict_records
-    from dogs_vs_cats.pseudolabel import choose
+    from dogs_vs_cats.stages.pseudolabel import choose
 
     p, y, _ = predict_records(Predictor(TEACHER), prepared("holdout"))
     kept, label = choose(p, threshold)
@@ -120,7 +130,8 @@ def main() -> int:
     train = json.loads((project / "metrics/train.json").read_text())
     student = json.loads((project / "metrics/student.json").read_text())
     unlabelled = json.loads((project / "metrics/unlabelled.json").read_text())
-    teacher = teacher_holdout(project, env, unlabelled["threshold"]) if student.get("used") else None
+    threshold = yaml.safe_load((project / "params.yaml").read_text())["unlabelled"]["threshold"]
+    teacher = teacher_holdout(project, env, threshold) if student.get("used") else None
     result = {
         "overrides": settings,
         "competition": str(args.shared),

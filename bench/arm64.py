@@ -22,7 +22,9 @@ machine): the emulated pip cannot run a build backend, which would exec the arm6
     apt-get install qemu-user-static mmdebstrap
     .venv/bin/python bench/arm64.py [--project DIR] [--photos N] [--cpu cortex-a72] [--keep DIR]
 
-`--project` is a project folder whose `dvc repro` has run (default: this checkout).
+`--project` is a project folder whose `dvc repro` has run (default: this checkout). `--native` runs
+the same steps (the wheel, the runtime-only install, predict, the comparison) with this machine's
+Python instead of the emulated root: the suite's smoke test of this script, not a proof about ARM.
 """
 
 from __future__ import annotations
@@ -40,9 +42,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from dogs_vs_cats.common import machine  # noqa: E402
-from harness import BIN, copy_project, project_env  # noqa: E402
+from benchlib import BIN, copy_project, machine, project_env  # noqa: E402
 
 FORMS = ("float32", "int8", "int4")
 SUITE = "bookworm"
@@ -57,9 +57,11 @@ CORES = {
 
 
 def emulated(root: Path, cpu: str, args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    """Run the arm64 root's python3 with `args` under qemu-user."""
+    """Run the arm64 root's python3 with `args` under qemu-user (cpu "native": this machine's Python)."""
     env = {**project_env(), "PYTHONPATH": str(root / "opt/pi"), "PYTHONNOUSERSITE": "1"}
     cmd = ["qemu-aarch64-static", "-cpu", cpu, "-L", str(root), str(root / "usr/bin/python3"), *args]
+    if cpu == "native":
+        cmd = [sys.executable, *args]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, **kwargs)
     if result.returncode != 0:
         what = " ".join(args[:4])
@@ -69,6 +71,8 @@ def emulated(root: Path, cpu: str, args: list[str], **kwargs) -> subprocess.Comp
 
 def build_root(root: Path, cpu: str) -> None:
     """Debian arm64 with python3 and pip, and the runtime-only install of the README."""
+    if cpu == "native":  # this machine's Python already has the runtime; only the project's wheel goes in
+        return _install_wheel(root, cpu, [])
     if not (root / "usr/bin/python3").exists():
         subprocess.run(
             ["mmdebstrap", "--variant=extract", "--arch=arm64", "--include=python3,python3-pip,libstdc++6", SUITE]
@@ -87,6 +91,11 @@ def build_root(root: Path, cpu: str) -> None:
     )
     pip = ["-m", "pip", "install", "-q", "--break-system-packages", "--upgrade", "--target", str(root / "opt/pi")]
     emulated(root, cpu, [*pip, "ai-edge-litert", "pillow", "numpy", "pyyaml"])
+    _install_wheel(root, cpu, ["--break-system-packages"])
+
+
+def _install_wheel(root: Path, cpu: str, flags: list[str]) -> None:
+    pip = ["-m", "pip", "install", "-q", *flags, "--upgrade", "--target", str(root / "opt/pi")]
     dist, source = root.parent / "dist", root.parent / "source"
     shutil.rmtree(dist, ignore_errors=True)
     shutil.rmtree(source, ignore_errors=True)
@@ -121,8 +130,11 @@ def main() -> int:
     ap.add_argument("--photos", type=int, help="this many holdout photos, evenly spaced (default: all)")
     ap.add_argument("--cpu", choices=sorted(CORES), default="cortex-a72", help="the emulated core")
     ap.add_argument("--keep", type=Path, help="work in this folder and keep it (the root is reused)")
+    ap.add_argument("--native", action="store_true", help="this machine's Python instead of the emulated root")
     args = ap.parse_args()
-    for tool in ("mmdebstrap", "qemu-aarch64-static"):
+    if args.native:
+        args.cpu = "native"
+    for tool in () if args.native else ("mmdebstrap", "qemu-aarch64-static"):
         if not shutil.which(tool):
             ap.error(f"{tool} not found; apt-get install qemu-user-static mmdebstrap")
     models = {form: args.project / f"data/export/model_{form}.tflite" for form in FORMS}
@@ -147,7 +159,7 @@ def main() -> int:
                 "*(v(p) for p in ('ai-edge-litert', 'numpy', 'pillow', 'dogs-vs-cats')))",
             ],
         ).stdout.split()
-        if versions[0] != "aarch64":
+        if versions[0] != "aarch64" and not args.native:
             sys.exit(f"bench/arm64: the emulated python says it runs on {versions[0]}, not aarch64")
         labels = holdout_photos(args.project, work / "photos", args.photos)
         forms = {}

@@ -24,8 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from harness import bench_arguments, overrides, with_overrides  # noqa: E402
+from benchlib import bench_arguments, overrides, with_overrides  # noqa: E402
 
 
 def summarize_steps(step_times: Path, train_log: Path) -> dict:
@@ -76,13 +75,13 @@ def main() -> int:
     import keras
 
     from dogs_vs_cats import params as P
-    from dogs_vs_cats import train
     from dogs_vs_cats.calibrate import fit_temperature, p_dog_of_views, view_logits
     from dogs_vs_cats.callbacks import WeightAverage
     from dogs_vs_cats.common import scores
     from dogs_vs_cats.layers import TestTimeViews
     from dogs_vs_cats.model import from_params
     from dogs_vs_cats.paths import prepared
+    from dogs_vs_cats.stages import train
 
     settings = overrides(args.set)
     # Any non-zero decay makes the train stage keep an average of its own, as it would ship it.
@@ -132,7 +131,7 @@ def main() -> int:
 
     t = params.train
     size = params.prepare.image_size
-    views = TestTimeViews(t.tta, t.tta_crop)
+    views = TestTimeViews(flip=t.tta, crop=t.tta_crop)
     net = from_params(t, size)
     results = []
     for decay, weights in averages.items():

@@ -30,8 +30,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from harness import SHARED_COMPETITION  # noqa: E402
+from benchlib import SHARED_COMPETITION  # noqa: E402
 
 VERBOSE = False
 ZIP = SHARED_COMPETITION / "train.zip"
@@ -102,9 +101,8 @@ def train_once(params, data, policy: str, seed: int) -> dict:
     keras.mixed_precision.set_global_policy("float32")
     shipped = from_params(t, size)
     shipped.set_weights(net.get_weights())
-    p = np.asarray(
-        with_tta(shipped, t.tta, t.tta_crop).predict(xh.astype("float32"), batch_size=256, verbose=0), dtype=np.float64
-    )[:, 1]
+    tta = with_tta(shipped, flip=t.tta, crop=t.tta_crop)
+    p = np.asarray(tta.predict(xh.astype("float32"), batch_size=256, verbose=0), dtype=np.float64)[:, 1]
     s = scores(p, yh)  # the evaluate stage's own scoring
     return {
         "policy": policy,
@@ -128,7 +126,7 @@ def main() -> int:
     VERBOSE = args.verbose
 
     from dogs_vs_cats import params as P
-    from dogs_vs_cats.split import labelled_names, make_split
+    from dogs_vs_cats.stages.split import labelled_names, make_split
 
     raw = P.as_dict(P.load(ROOT / "params.yaml"))
     # One size throughout: progressive resizing only saves time, which is not what is compared here.

@@ -32,11 +32,9 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from benchlib import BIN, StageMemory, bench_arguments, copy_project, machine, overrides, project_env, set_params  # noqa: E402
 from dogs_vs_cats import params as P  # noqa: E402
-from dogs_vs_cats.cli import STAGES  # noqa: E402
-from dogs_vs_cats.common import machine  # noqa: E402
-from harness import BIN, StageMemory, bench_arguments, copy_project, overrides, project_env, set_params  # noqa: E402
+from dogs_vs_cats.stages import STAGES  # noqa: E402
 
 
 def build_competition(shared: Path, dest: Path, n_train: int, n_test: int) -> None:

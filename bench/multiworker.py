@@ -23,19 +23,19 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from dogs_vs_cats.common import machine  # noqa: E402
-from harness import (  # noqa: E402
+from benchlib import (
     BIN,
     bench_arguments,
     copy_project,
     free_ports,
+    machine,
     overrides,
     project_env,
     set_params,
     train_workers,
-)  # noqa: E402
+)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _train(folders: list[Path], env: dict, cluster: dict | None = None) -> float:
@@ -92,7 +92,7 @@ def main() -> int:
                 "wall_s": round(wall, 1)
             }
 
-        weights = [keras.models.load_model(f / "data/model/model.keras").get_weights() for f in workers]
+        weights = [keras.models.load_model(f / "data/teacher/model.keras").get_weights() for f in workers]
         same = all(np.array_equal(a, b) for other in weights[1:] for a, b in zip(weights[0], other))
         result = {
             "machine": machine(),

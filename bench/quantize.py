@@ -28,9 +28,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchlib import machine
+from dogs_vs_cats.common import scores
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from dogs_vs_cats.common import machine, scores  # noqa: E402
 
 SHIPPED = ("OCTAV", "int8", True)
 
@@ -69,10 +70,10 @@ def main() -> int:
 
     from dogs_vs_cats import layers as _custom_objects  # noqa: F401  (registers the saved model's layers)
     from dogs_vs_cats import params as P
-    from dogs_vs_cats.export import compact, converter_output, latency_ms, quantize_int4
+    from dogs_vs_cats.inference import Predictor, predict_records
     from dogs_vs_cats.paths import MODEL, prepared
-    from dogs_vs_cats.predict import Predictor, predict_records
     from dogs_vs_cats.records import read_records
+    from dogs_vs_cats.stages.export import compact, converter_output, latency_ms, quantize_int4
 
     params = P.load(Path("params.yaml"))
     model = keras.models.load_model(MODEL, compile=False)

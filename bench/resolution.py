@@ -23,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from harness import bench_arguments, overrides, with_overrides  # noqa: E402
+from benchlib import bench_arguments, overrides, with_overrides  # noqa: E402
 
 
 def main() -> int:
@@ -58,7 +57,7 @@ def main() -> int:
             x = np.stack([load_image(archive.read(r["file"]), size) for r in items]).astype("float32")
             images[split] = (x, np.array([int(r["label"]) for r in items]))
         for crop in args.tta_crop or [t.tta_crop]:
-            views = TestTimeViews(t.tta, crop)
+            views = TestTimeViews(flip=t.tta, crop=crop)
             logits = {}
             for split, (x, y) in images.items():
                 z = head.predict(np.asarray(views(x)), batch_size=100, verbose=0).astype(np.float64)

@@ -28,19 +28,19 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from dogs_vs_cats.common import machine  # noqa: E402
-from harness import (  # noqa: E402
+from benchlib import (
     BIN,
     EXPECTED_STATUS,
     bench_arguments,
     free_ports,
     hostile_bodies,
     load_mix,
+    machine,
     post,
     project_env,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MAX_BYTES, MAX_PIXELS = 10 << 20, 40_000_000  # serve's defaults
 

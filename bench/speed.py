@@ -38,10 +38,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import SHARED_COMPETITION as SHARED
+from benchlib import machine
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from dogs_vs_cats.common import machine  # noqa: E402
-from harness import SHARED_COMPETITION as SHARED  # noqa: E402
 
 
 def child(mode: str, workdir: Path, n: int, epochs: int, precision: str = "auto") -> dict:
@@ -77,8 +77,8 @@ def run_child(mode: str, workdir: Path, n: int, epochs: int, precision: str) -> 
     params = P.load(ROOT / "params.yaml")
     size = params.prepare.image_size
     if mode.startswith("prepare"):
-        from dogs_vs_cats.prepare import decode_pool, write_records
-        from dogs_vs_cats.split import labelled_names
+        from dogs_vs_cats.stages.prepare import decode_pool, write_records
+        from dogs_vs_cats.stages.split import labelled_names
 
         by_label, _ = labelled_names(SHARED / "train.zip")
         items = [(name, label) for label in (0, 1) for name in by_label[label][: n // 2]]
@@ -100,7 +100,7 @@ def run_child(mode: str, workdir: Path, n: int, epochs: int, precision: str) -> 
     from dogs_vs_cats.inputs import train_dataset
     from dogs_vs_cats.model import from_params
     from dogs_vs_cats.recipe import choose_precision
-    from dogs_vs_cats.train import build
+    from dogs_vs_cats.trainer import build
 
     t = params.train
     precision = choose_precision(precision)
@@ -130,7 +130,7 @@ def run_child(mode: str, workdir: Path, n: int, epochs: int, precision: str) -> 
     rate = n * epochs / (time.monotonic() - t0)
     result = {"images_per_s": round(rate, 1), "precision": precision, "peak_rss_mb": _rss()}
     if mode == "train_synthetic":
-        from dogs_vs_cats.predict import Predictor
+        from dogs_vs_cats.inference import Predictor
 
         keras.mixed_precision.set_global_policy("float32")
         model_path = Path("model.keras")

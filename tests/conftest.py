@@ -1,4 +1,4 @@
-"""Pytest fixtures; the helpers themselves live in harness.py, which bench/ shares."""
+"""Pytest fixtures; the helpers live in harness.py and in bench/benchlib.py, which it re-exports."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # harness.py and fake_kaggle.py, for the tests and bench/
+sys.path.insert(0, str(Path(__file__).parent))  # harness.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # benchlib.py and fake_kaggle.py
 from fake_kaggle import FakeKaggle  # noqa: E402
 
 

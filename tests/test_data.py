@@ -12,7 +12,7 @@ import pytest
 from dogs_vs_cats import params as P
 from dogs_vs_cats.images import BadImage, TooLarge, load_image
 from dogs_vs_cats.records import read_records, record
-from dogs_vs_cats.split import make_split
+from dogs_vs_cats.stages.split import make_split
 from harness import image_bytes, make_competition, run_cli
 
 

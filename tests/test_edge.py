@@ -36,9 +36,9 @@ pytestmark = pytest.mark.slow  # converts to TFLite and serves over HTTP
 def models(tmp_path_factory):
     """A small SqueezeNet with a sharpened head (so answers vary), as .keras and every TFLite form."""
     from dogs_vs_cats import params as P
-    from dogs_vs_cats.export import FORMS, convert
     from dogs_vs_cats.images import load_image
     from dogs_vs_cats.model import squeezenet, with_tta
+    from dogs_vs_cats.stages.export import FORMS, convert
 
     keras.utils.set_random_seed(0)
     folder = tmp_path_factory.mktemp("models")
@@ -57,7 +57,7 @@ def models(tmp_path_factory):
 
 
 def test_tflite_forms_agree_with_keras_and_shrink(models):
-    from dogs_vs_cats.predict import Predictor
+    from dogs_vs_cats.inference import Predictor
 
     paths, x = models
     reference = Predictor(paths["keras"]).p_dog(x)
@@ -73,7 +73,7 @@ def test_tflite_forms_agree_with_keras_and_shrink(models):
 
 
 def test_the_shipped_int8_form_has_one_scale_per_output_channel(models):
-    from dogs_vs_cats.predict import _litert
+    from dogs_vs_cats.inference import _litert
 
     paths, _ = models
     interpreter = _litert().Interpreter(model_path=str(paths["int8"]))
@@ -111,8 +111,8 @@ def test_the_int4_form_stores_4_bit_filters_but_keeps_the_first_and_last_at_8_bi
 def test_exported_files_drop_names_share_repeated_vectors_and_answer_exactly_as_before(models, tmp_path):
     import tensorflow as tf
 
-    from dogs_vs_cats.export import compact
-    from dogs_vs_cats.predict import Predictor, _litert
+    from dogs_vs_cats.inference import Predictor, _litert
+    from dogs_vs_cats.stages.export import compact
 
     paths, x = models
     model = keras.models.load_model(paths["keras"])
@@ -141,7 +141,7 @@ def test_exported_files_drop_names_share_repeated_vectors_and_answer_exactly_as_
 @pytest.mark.parametrize("form", ["int8", "int4"])
 def test_predict_with_tflite_needs_no_tensorflow(models, tmp_path, form):
     from dogs_vs_cats.images import load_image
-    from dogs_vs_cats.predict import Predictor
+    from dogs_vs_cats.inference import Predictor
 
     paths, _ = models
     (tmp_path / "a.jpg").write_bytes(image_bytes("dog", (120, 90)))
@@ -221,7 +221,7 @@ def request(service, method, path, body=None, headers=None):
 
 def test_service_answers_p_dog_and_label(service, models):
     from dogs_vs_cats.images import load_image
-    from dogs_vs_cats.predict import Predictor
+    from dogs_vs_cats.inference import Predictor
 
     paths, _ = models
     img = image_bytes("dog", (100, 80), seed=3)
@@ -332,7 +332,7 @@ def test_connections_past_the_limit_get_503_and_the_service_recovers(service):
 
 def test_a_concurrent_mix_of_photos_and_hostile_requests_answers_every_photo_right(service, models):
     from dogs_vs_cats.images import load_image
-    from dogs_vs_cats.predict import Predictor
+    from dogs_vs_cats.inference import Predictor
 
     paths, _ = models
     good = [image_bytes("cat" if i % 2 else "dog", (90 + i, 70), seed=i) for i in range(8)]
@@ -351,7 +351,7 @@ def test_a_concurrent_mix_of_photos_and_hostile_requests_answers_every_photo_rig
 def test_bodies_held_at_once_are_bounded_and_counted_as_they_arrive(models):
     import threading
 
-    from dogs_vs_cats.serve import make_server
+    from dogs_vs_cats.commands.serve import make_server
 
     paths, _ = models
     (port,) = free_ports()
@@ -380,7 +380,7 @@ def test_bodies_held_at_once_are_bounded_and_counted_as_they_arrive(models):
 
 
 def test_a_burst_of_connections_waits_in_the_accept_queue_instead_of_being_dropped(models):
-    from dogs_vs_cats.serve import make_server
+    from dogs_vs_cats.commands.serve import make_server
 
     paths, _ = models
     (port,) = free_ports()

@@ -334,7 +334,7 @@ def test_every_window_of_256_training_examples_is_about_half_dogs_with_more_phot
     from dogs_vs_cats import params as P
     from dogs_vs_cats.inputs import train_dataset
     from dogs_vs_cats.records import record
-    from dogs_vs_cats.split import make_split
+    from dogs_vs_cats.stages.split import make_split
 
     n, buffer, window = 3000, 512, 256
     params = P.from_dict(
@@ -545,7 +545,8 @@ def test_auto_precision_is_bf16_exactly_where_the_cpu_has_native_bf16(monkeypatc
 def test_cpu_info_reads_this_machines_model_and_flags():
     import os
 
-    from dogs_vs_cats.common import cpu_info, machine
+    from benchlib import machine
+    from dogs_vs_cats.common import cpu_info
 
     name, flags = cpu_info()
     text = open("/proc/cpuinfo").read()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import yaml
@@ -137,3 +138,39 @@ def test_fuzz_whole_documents_never_raise_anything_but_param_error(raw):
         P.from_dict(raw)
     except P.ParamError as exc:
         assert "\n" not in str(exc)
+
+
+def _leaves(cls, prefix=""):
+    """(dotted key, field) for every setting of a params dataclass, sections walked into."""
+    from dataclasses import MISSING, fields, is_dataclass
+
+    for f in fields(cls):
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        key = f"{prefix}{f.name}"
+        yield from _leaves(type(default), key + ".") if is_dataclass(default) else [(key, f)]
+
+
+def test_every_setting_declares_its_rule_beside_it_and_its_default_meets_it():
+    leaves = dict(_leaves(P.Params))
+    assert len(leaves) == sum(1 for _ in _flat(DEFAULTS))  # every key of params.yaml, and no other
+    for key, f in leaves.items():
+        assert "rule" in f.metadata, f"{key} has no rule"
+        check, accepted = f.metadata["rule"]
+        assert check(f.default) and accepted, key
+
+
+def test_every_rule_is_the_one_its_field_applies():
+    # A value the rule refuses is refused under that field's own name: rule and field cannot drift apart.
+    for key, f in _leaves(P.Params):
+        check, accepted = f.metadata["rule"]
+        if accepted == "true or false":
+            continue
+        candidates = (-1, 10**9, -0.5, 2.0, 1e9, "no such value", " ", "a/b")
+        bad = next(v for v in candidates if type(v) is type(f.default) and not check(v))
+        with pytest.raises(P.ParamError, match=f"{key} = .* is invalid: expected {re.escape(accepted)}"):
+            P.from_dict(with_value(key, bad))
+
+
+def _flat(d, prefix=""):
+    for k, v in d.items():
+        yield from _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]

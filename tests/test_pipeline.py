@@ -11,8 +11,8 @@ import zipfile
 import pytest
 import yaml
 
-from dogs_vs_cats.cli import STAGES
-from dogs_vs_cats.submission import check
+from dogs_vs_cats.stages import STAGES
+from dogs_vs_cats.submission_file import check
 from harness import (
     BIN,
     ROOT,
@@ -239,19 +239,36 @@ def test_editing_code_reruns_exactly_the_stages_that_run_it(repro):
     readers = {"pseudolabel", "evaluate", "submission", "export"}
     assert _edit_and_status(repro, "src/dogs_vs_cats/layers.py") == {"train", "student"} | readers
     assert _edit_and_status(repro, "src/dogs_vs_cats/model.py") == {"train", "student"}
-    assert _edit_and_status(repro, "src/dogs_vs_cats/training.py") == {"train", "student"}
-    assert _edit_and_status(repro, "src/dogs_vs_cats/pseudolabel.py") == {"pseudolabel"}
-    assert _edit_and_status(repro, "src/dogs_vs_cats/images.py") == {"prepare"} | readers
+    assert _edit_and_status(repro, "src/dogs_vs_cats/trainer.py") == {"train", "student"}
+    assert _edit_and_status(repro, "src/dogs_vs_cats/stages/pseudolabel.py") == {"pseudolabel"}
+    assert _edit_and_status(repro, "src/dogs_vs_cats/images.py") == {"prepare"}
     assert _edit_and_status(repro, "src/dogs_vs_cats/params.py") == set(STAGES)
-    for untouched in ("src/dogs_vs_cats/submit.py", "src/dogs_vs_cats/serve.py", "README.md"):
-        assert _edit_and_status(repro, untouched) == set(), untouched
+    assert _edit_and_status(repro, "src/dogs_vs_cats/stages/__init__.py") == set(STAGES)
+
+
+def test_editing_a_command_or_its_options_reruns_no_stage(repro):
+    # cli.py holds every option of predict, serve and submit; no stage runs it.
+    for untouched in ("cli.py", "commands/predict.py", "commands/serve.py", "commands/submit.py"):
+        assert _edit_and_status(repro, f"src/dogs_vs_cats/{untouched}") == set(), untouched
+    assert _edit_and_status(repro, "README.md") == set()
+
+
+def test_editing_the_pictures_reruns_no_training(repro):
+    # The training curves are drawn by evaluate from the logs train writes, so a colour costs seconds.
+    assert _edit_and_status(repro, "src/dogs_vs_cats/figures.py") == {"evaluate"}
 
 
 def test_training_again_on_the_same_commit_changes_no_score(repro):
     p, env = repro["project"], repro["env"]
     before = {
         f: (p / f).read_text()
-        for f in ("metrics/eval.json", "metrics/int8.json", "metrics/int4.json", "metrics/train_log.csv")
+        for f in (
+            "metrics/eval.json",
+            "metrics/int8.json",
+            "metrics/int4.json",
+            "metrics/train_log.csv",
+            "data/submission.csv",
+        )
     }
     forced = dvc(["repro", "-f", "-s", "train"], p, env)
     assert forced.returncode == 0 and "Running stage 'train'" in forced.stdout, forced.stderr[-2000:]
@@ -261,6 +278,7 @@ def test_training_again_on_the_same_commit_changes_no_score(repro):
     train_log = [line.rsplit(",", 1)[0] for line in after["metrics/train_log.csv"].splitlines()]  # timings aside
     assert train_log == [line.rsplit(",", 1)[0] for line in before["metrics/train_log.csv"].splitlines()]
     assert after["metrics/eval.json"] == before["metrics/eval.json"]
+    assert after["data/submission.csv"] == before["data/submission.csv"]  # every row, to the byte
     for form in ("int8", "int4"):
         assert after[f"metrics/{form}.json"] == before[f"metrics/{form}.json"]
 

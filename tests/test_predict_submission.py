@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dogs_vs_cats.common import UserError
-from dogs_vs_cats.submission import check
+from dogs_vs_cats.submission_file import check
 from harness import image_bytes, run_cli
 
 

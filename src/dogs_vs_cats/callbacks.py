@@ -31,8 +31,8 @@ class Validation:
     """The validation images in memory, scored by the training net with the compiled loss and metrics.
 
     Not fit()'s `validation_data`: Keras drops the tf.data iterator it made at the end of the
-    previous pass and makes another for every pass, and on a 2-core machine dropping one
-    blocked for seconds at some validated epochs (a py-spy profile: `EpochIterator.reset`).
+    previous pass and makes another for every pass, and on a small CPU dropping one blocked
+    for seconds at some validated epochs (a py-spy profile: `EpochIterator.reset`).
     """
 
     def __init__(self, params: Params, epochs: list[int]):

@@ -1,16 +1,16 @@
-"""`dogs-vs-cats STAGE`: the single entry point every dvc.yaml stage calls."""
+"""`dogs-vs-cats`: the one command line, for people. Its options for `predict`, `serve` and `submit`
+live here and nowhere else; `dogs-vs-cats STAGE` runs a stage as `dvc repro` does (stages/), and no
+stage depends on this file, so editing an option re-runs nothing."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
 from .common import UserError
 from .paths import MODEL
-
-STAGES = ("download", "split", "prepare", "train", "pseudolabel", "student", "evaluate", "submission", "export")
+from .stages import STAGES, import_tensorflow_quietly
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,62 +46,45 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its C++ start-up chatter (CUDA probing, absl) kept off stderr.
-
-    TF_CPP_MIN_LOG_LEVEL does not silence those lines, and they bury our one-line
-    messages. The chatter is replayed if the import itself fails.
-    """
-    import tempfile
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()  # device probing prints its own errors; do it here
-        except BaseException:
-            os.dup2(saved, 2)
-            capture.seek(0)
-            sys.stderr.write(capture.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
-    needs_tf = args.command in STAGES or not str(getattr(args, "model", ".tflite")).endswith(".tflite")
-    if needs_tf and args.command not in ("download", "split", "submit"):
-        try:
-            _import_tensorflow_quietly()
-        except ImportError:
-            pass  # the command reports what is missing in its own words
     try:
-        if args.command == "predict":
-            from . import predict
+        if args.command in STAGES:
+            from . import stages
 
-            predict.run(args.model, args.images, args.out)
+            stages.run(args.command, args.params)
+        elif args.command == "predict":
+            from .commands import predict
+
+            if not args.model.endswith(".tflite"):
+                _tensorflow()
+            predict.run(model=args.model, inputs=args.images, out=args.out)
         elif args.command == "serve":
-            from . import serve
+            from .commands import serve
 
+            if not args.model.endswith(".tflite"):
+                _tensorflow()
             serve.run(
-                args.model, args.host, args.port, args.max_bytes, args.max_pixels, args.timeout, args.max_connections
+                model=args.model,
+                host=args.host,
+                port=args.port,
+                max_bytes=args.max_bytes,
+                max_pixels=args.max_pixels,
+                timeout_s=args.timeout,
+                max_connections=args.max_connections,
             )
         else:
             from . import params as params_module
+            from .commands import submit
 
-            params = params_module.load(args.params)
-            if args.command == "submit":
-                from . import submit
-
-                submit.run(params, args.file, args.message, args.timeout, args.params)
-            else:
-                importlib.import_module(f".{args.command}", __package__).run(params)
+            submit.run(
+                params_module.load(args.params),
+                file=args.file,
+                message=args.message,
+                timeout_s=args.timeout,
+                params_path=args.params,
+            )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -109,3 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted; run the same command again to continue", file=sys.stderr)
         return 130
     return 0
+
+
+def _tensorflow() -> None:
+    try:
+        import_tensorflow_quietly()
+    except ImportError:
+        pass  # the command reports what is missing in its own words

@@ -1,4 +1,4 @@
-"""Small helpers every stage needs: the user-facing error type, atomic writes, progress, the CPU."""
+"""Small helpers every stage needs: the user-facing error type, atomic writes, progress, the CPU, scores."""
 
 from __future__ import annotations
 
@@ -27,13 +27,6 @@ def cpu_info() -> tuple[str, frozenset[str]]:
     except OSError:
         pass
     return name, flags
-
-
-def machine() -> str:
-    """Cores, CPU model and its native bf16 flags: every benchmark figure depends on all three."""
-    name, flags = cpu_info()
-    bf16 = sorted(flags & BF16_FLAGS)
-    return f"{os.cpu_count()} cores, {name}, {'native bf16: ' + ' '.join(bf16) if bf16 else 'no native bf16'}"
 
 
 class UserError(Exception):

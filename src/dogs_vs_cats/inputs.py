@@ -22,7 +22,7 @@ def augmenter(params: Params, size: int):
     Random-resized crop, mirror, rotation and the resize to `size` are folded into one affine
     map per image and applied in a single bilinear resampling of the batch. Per-image ops
     (crop, then resize, then rotate) cost three resamplings and thousands of small op calls
-    per epoch; at 128 px they no longer kept up with the training step on 2 cores (bench/speed.py).
+    per epoch, and on a small CPU they fell behind the training step (bench/speed.py).
     """
     a = params.train.augment
     src = params.prepare.image_size

@@ -27,7 +27,7 @@ class BatchNorm(layers.BatchNormalization):
     """Keras' BatchNormalization, trained through TensorFlow's fused kernel.
 
     Keras 3 upcasts bf16 activations to float32 and normalises them with half a dozen
-    separate element-wise ops, each a full pass over memory; on a 2-core CPU that cost most
+    separate element-wise ops, each a full pass over memory; on a small CPU that cost most
     of bf16's gain (docs/performance.md). FusedBatchNormV3 (oneDNN) takes bf16 input directly
     and normalises in one pass, accumulating in float32. Same weights, same maths:
     outputs, gradients and moving statistics match Keras' layer (tests/test_model.py).

@@ -54,7 +54,9 @@ def _conv(x, filters, kernel, name, batch_norm, strides=1, padding="same"):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def fire_module(x, fire_id: int, squeeze: int, expand: int, batch_norm: bool = False, batch_norm_expand: bool = True):
+def fire_module(
+    x, fire_id: int, squeeze: int, expand: int, *, batch_norm: bool = False, batch_norm_expand: bool = True
+):
     """Squeeze with 1x1 convs, then expand with 1x1 and 3x3 convs side by side."""
     p = f"fire{fire_id}"
     s = _conv(x, squeeze, 1, f"{p}_squeeze1x1", batch_norm)
@@ -67,6 +69,7 @@ def fire_module(x, fire_id: int, squeeze: int, expand: int, batch_norm: bool = F
 def squeezenet(
     version: str = "squeezenet1_1",
     image_size: int | None = 128,
+    *,
     classes: int = 2,
     batch_norm: bool = False,
     dropout: float = 0.5,
@@ -91,7 +94,7 @@ def squeezenet(
     x = _conv(x, filters, kernel, "conv1", batch_norm, strides=2, padding="valid")
     x = layers.MaxPooling2D(3, strides=2, name="pool1")(x)
     for fire_id, squeeze, expand in arch["fires"]:
-        y = fire_module(x, fire_id, squeeze, expand, batch_norm, batch_norm_expand)
+        y = fire_module(x, fire_id, squeeze, expand, batch_norm=batch_norm, batch_norm_expand=batch_norm_expand)
         x = layers.Add(name=f"fire{fire_id}_bypass")([x, y]) if bypass and fire_id in BYPASSED_FIRES else y
         if fire_id in arch["pool_after"]:
             x = layers.MaxPooling2D(3, strides=2, name=f"pool{fire_id}")(x)
@@ -114,10 +117,19 @@ def squeezenet(
 
 def from_params(t, image_size: int | None) -> keras.Model:
     """The net that params.train `t` describes, at `image_size`."""
-    return squeezenet(t.model, image_size, 2, t.batch_norm, t.dropout, t.classifier_relu, t.bypass, t.batch_norm_expand)
+    return squeezenet(
+        t.model,
+        image_size,
+        classes=2,
+        batch_norm=t.batch_norm,
+        batch_norm_expand=t.batch_norm_expand,
+        dropout=t.dropout,
+        classifier_relu=t.classifier_relu,
+        bypass=t.bypass,
+    )
 
 
-def with_tta(net: keras.Model, flip: bool = True, crop: float = 0.0) -> keras.Model:
+def with_tta(net: keras.Model, *, flip: bool = True, crop: float = 0.0) -> keras.Model:
     """Average the net's output over test-time views: the mirror image, a centre crop, or both.
 
     Cats and dogs are left-right symmetric, so the mirror is free accuracy at twice the
@@ -131,6 +143,6 @@ def with_tta(net: keras.Model, flip: bool = True, crop: float = 0.0) -> keras.Mo
     if not flip and not crop:
         return net
     inputs = keras.Input(net.input_shape[1:], name="image")
-    views = TestTimeViews(flip, crop, name="tta_views")
+    views = TestTimeViews(flip=flip, crop=crop, name="tta_views")
     p = MeanOfViews(views.count, name="tta_mean", dtype="float32")(net(views(inputs)))
     return keras.Model(inputs, p, name=f"{net.name}_tta")

@@ -27,100 +27,8 @@ class ParamError(UserError):
     """A value in params.yaml is missing, of the wrong type or out of range."""
 
 
-@dataclass(frozen=True)
-class Data:
-    competition: str = "dogs-vs-cats-redux-kernels-edition"
-    source: str = "kaggle"
-    retries: int = 5
-    timeout_s: float = 60.0
-
-
-@dataclass(frozen=True)
-class Split:
-    seed: int = 42
-    n_train: int = 2000
-    n_val: int = 800
-    n_holdout: int = 1000
-
-
-@dataclass(frozen=True)
-class Prepare:
-    image_size: int = 128
-    workers: int = 0
-
-
-@dataclass(frozen=True)
-class Augment:
-    flip: bool = True
-    crop_scale: float = 0.35
-    rotation: float = 0.05
-    contrast: float = 0.2
-    brightness: float = 0.1
-    mixup: float = 0.0
-
-
-@dataclass(frozen=True)
-class Train:
-    model: str = "squeezenet1_1"
-    batch_norm: bool = True
-    batch_norm_expand: bool = True
-    bypass: bool = True
-    classifier_relu: bool = False
-    dropout: float = 0.5
-    optimizer: str = "adamw"
-    learning_rate: float = 0.003
-    weight_decay: float = 0.05
-    momentum: float = 0.9
-    schedule: str = "cosine"
-    warmup_epochs: int = 3
-    epochs: int = 120
-    batch_size: int = 32
-    label_smoothing: float = 0.1
-    precision: str = "auto"
-    seed: int = 42
-    strategy: str = "default"
-    shuffle_buffer: int = 4096
-    tta: bool = True
-    tta_crop: float = 0.8
-    low_res_size: int = 96
-    low_res_epochs: int = 90
-    validation_freq: int = 5
-    ema: float = 0.0
-    augment: Augment = field(default_factory=Augment)
-
-
-@dataclass(frozen=True)
-class Unlabelled:
-    enabled: bool = False
-    threshold: float = 0.9
-    epochs: int = 30
-    low_res_epochs: int = 22
-
-
-@dataclass(frozen=True)
-class Submission:
-    clip: float = 0.01
-
-
-@dataclass(frozen=True)
-class Export:
-    calibration_images: int = 200
-    per_channel: bool = True
-    latency_runs: int = 50
-
-
-@dataclass(frozen=True)
-class Params:
-    data: Data = field(default_factory=Data)
-    split: Split = field(default_factory=Split)
-    prepare: Prepare = field(default_factory=Prepare)
-    train: Train = field(default_factory=Train)
-    unlabelled: Unlabelled = field(default_factory=Unlabelled)
-    submission: Submission = field(default_factory=Submission)
-    export: Export = field(default_factory=Export)
-
-
-# key -> (check, description of the accepted values)
+# Each setting declares its default and the rule its value must meet, side by side: a rule cannot
+# drift from its field, and tests/test_params.py checks that every field has one.
 def _between(lo, hi, lo_open=False, hi_open=False):
     def check(v):
         return (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
@@ -134,49 +42,119 @@ def _choice(options):
     return (lambda v: v in options), "one of " + ", ".join(options)
 
 
-_RULES: dict[str, tuple] = {
-    "data.competition": ((lambda v: bool(v.strip()) and "/" not in v), "a Kaggle competition slug"),
-    "data.source": ((lambda v: bool(v.strip())), "'kaggle' or a path to the competition zip or folder"),
-    "data.retries": _between(0, 100),
-    "data.timeout_s": _between(0, 3600, lo_open=True),
-    "split.seed": _between(0, 2**31 - 1),
-    "split.n_train": _between(2, 10_000_000),
-    "split.n_val": _between(2, 10_000_000),
-    "split.n_holdout": _between(2, 10_000_000),
-    "prepare.image_size": _between(32, 1024),
-    "prepare.workers": _between(0, 256),
-    "train.model": _choice(MODELS),
-    "train.dropout": _between(0, 1, hi_open=True),
-    "train.optimizer": _choice(OPTIMIZERS),
-    "train.learning_rate": _between(0, 10, lo_open=True),
-    "train.weight_decay": _between(0, 1),
-    "train.momentum": _between(0, 1, hi_open=True),
-    "train.schedule": _choice(SCHEDULES),
-    "train.warmup_epochs": _between(0, 10_000),
-    "train.epochs": _between(1, 10_000),
-    "train.batch_size": _between(1, 4096),
-    "train.label_smoothing": _between(0, 0.5, hi_open=True),
-    "train.precision": _choice(PRECISIONS),
-    "train.seed": _between(0, 2**31 - 1),
-    "train.strategy": _choice(STRATEGIES),
-    "train.shuffle_buffer": _between(1, 10_000_000),
-    "train.low_res_size": ((lambda v: v == 0 or 32 <= v <= 1024), "0 (off) or a size in [32, 1024]"),
-    "train.tta_crop": ((lambda v: v == 0 or 0.3 <= v < 1), "0 (off) or a fraction of the side in [0.3, 1)"),
-    "train.low_res_epochs": _between(0, 10_000),
-    "train.validation_freq": _between(1, 10_000),
-    "train.ema": ((lambda v: v == 0 or 0.9 <= v < 1), "0 (off) or a decay per step in [0.9, 1)"),
-    "train.augment.crop_scale": _between(0.05, 1),
-    "train.augment.rotation": _between(0, 0.5),
-    "train.augment.contrast": _between(0, 1, hi_open=True),
-    "train.augment.brightness": _between(0, 1, hi_open=True),
-    "train.augment.mixup": _between(0, 10),
-    "unlabelled.threshold": _between(0.5, 1, hi_open=True),
-    "unlabelled.epochs": _between(1, 10_000),
-    "unlabelled.low_res_epochs": _between(0, 10_000),
-    "submission.clip": _between(0, 0.5, hi_open=True),
-    "export.calibration_images": _between(1, 100_000),
-    "export.latency_runs": _between(1, 100_000),
-}
+def _off_or(check, accepted):
+    """0 turns the setting off; any other value must pass `check`."""
+    return (lambda v: v == 0 or check(v)), f"0 (off) or {accepted}"
+
+
+_FLAG = ((lambda v: True), "true or false")  # the type check is the whole rule
+
+
+def setting(default, rule: tuple):
+    """A params.yaml setting: its default and its rule, (check, what it accepts)."""
+    return field(default=default, metadata={"rule": rule})
+
+
+def section(cls):
+    return field(default_factory=cls)
+
+
+@dataclass(frozen=True)
+class Data:
+    competition: str = setting(
+        "dogs-vs-cats-redux-kernels-edition",
+        ((lambda v: bool(v.strip()) and "/" not in v), "a Kaggle competition slug"),
+    )
+    source: str = setting(
+        "kaggle", ((lambda v: bool(v.strip())), "'kaggle' or a path to the competition zip or folder")
+    )
+    retries: int = setting(5, _between(0, 100))
+    timeout_s: float = setting(60.0, _between(0, 3600, lo_open=True))
+
+
+@dataclass(frozen=True)
+class Split:
+    seed: int = setting(42, _between(0, 2**31 - 1))
+    n_train: int = setting(2000, _between(2, 10_000_000))
+    n_val: int = setting(800, _between(2, 10_000_000))
+    n_holdout: int = setting(1000, _between(2, 10_000_000))
+
+
+@dataclass(frozen=True)
+class Prepare:
+    image_size: int = setting(128, _between(32, 1024))
+    workers: int = setting(0, _between(0, 256))
+
+
+@dataclass(frozen=True)
+class Augment:
+    flip: bool = setting(True, _FLAG)
+    crop_scale: float = setting(0.35, _between(0.05, 1))
+    rotation: float = setting(0.05, _between(0, 0.5))
+    contrast: float = setting(0.2, _between(0, 1, hi_open=True))
+    brightness: float = setting(0.1, _between(0, 1, hi_open=True))
+    mixup: float = setting(0.0, _between(0, 10))
+
+
+@dataclass(frozen=True)
+class Train:
+    model: str = setting("squeezenet1_1", _choice(MODELS))
+    batch_norm: bool = setting(True, _FLAG)
+    batch_norm_expand: bool = setting(True, _FLAG)
+    bypass: bool = setting(True, _FLAG)
+    classifier_relu: bool = setting(False, _FLAG)
+    dropout: float = setting(0.5, _between(0, 1, hi_open=True))
+    optimizer: str = setting("adamw", _choice(OPTIMIZERS))
+    learning_rate: float = setting(0.003, _between(0, 10, lo_open=True))
+    weight_decay: float = setting(0.05, _between(0, 1))
+    momentum: float = setting(0.9, _between(0, 1, hi_open=True))
+    schedule: str = setting("cosine", _choice(SCHEDULES))
+    warmup_epochs: int = setting(3, _between(0, 10_000))
+    epochs: int = setting(120, _between(1, 10_000))
+    batch_size: int = setting(32, _between(1, 4096))
+    label_smoothing: float = setting(0.1, _between(0, 0.5, hi_open=True))
+    precision: str = setting("auto", _choice(PRECISIONS))
+    seed: int = setting(42, _between(0, 2**31 - 1))
+    strategy: str = setting("default", _choice(STRATEGIES))
+    shuffle_buffer: int = setting(4096, _between(1, 10_000_000))
+    tta: bool = setting(True, _FLAG)
+    tta_crop: float = setting(0.8, _off_or(lambda v: 0.3 <= v < 1, "a fraction of the side in [0.3, 1)"))
+    low_res_size: int = setting(96, _off_or(lambda v: 32 <= v <= 1024, "a size in [32, 1024]"))
+    low_res_epochs: int = setting(90, _between(0, 10_000))
+    validation_freq: int = setting(5, _between(1, 10_000))
+    ema: float = setting(0.0, _off_or(lambda v: 0.9 <= v < 1, "a decay per step in [0.9, 1)"))
+    augment: Augment = section(Augment)
+
+
+@dataclass(frozen=True)
+class Unlabelled:
+    enabled: bool = setting(False, _FLAG)
+    threshold: float = setting(0.9, _between(0.5, 1, hi_open=True))
+    epochs: int = setting(30, _between(1, 10_000))
+    low_res_epochs: int = setting(22, _between(0, 10_000))
+
+
+@dataclass(frozen=True)
+class Submission:
+    clip: float = setting(0.01, _between(0, 0.5, hi_open=True))
+
+
+@dataclass(frozen=True)
+class Export:
+    calibration_images: int = setting(200, _between(1, 100_000))
+    per_channel: bool = setting(True, _FLAG)
+    latency_runs: int = setting(50, _between(1, 100_000))
+
+
+@dataclass(frozen=True)
+class Params:
+    data: Data = section(Data)
+    split: Split = section(Split)
+    prepare: Prepare = section(Prepare)
+    train: Train = section(Train)
+    unlabelled: Unlabelled = section(Unlabelled)
+    submission: Submission = section(Submission)
+    export: Export = section(Export)
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -225,12 +203,10 @@ def _build(cls, raw: Any, prefix: str):
             values[name] = _build(type(default), raw.get(name), key)
             continue
         value = _coerce(key, raw[name], default) if name in raw else default
-        rule = _RULES.get(key)
-        if rule is not None:
-            check, accepted = rule
-            if not check(value):
-                shown = raw.get(name, value)
-                raise ParamError(f"params.yaml: {key} = {shown!r} is invalid: expected {accepted}")
+        check, accepted = f.metadata["rule"]
+        if not check(value):
+            shown = raw.get(name, value)
+            raise ParamError(f"params.yaml: {key} = {shown!r} is invalid: expected {accepted}")
         values[name] = value
     return cls(**values)
 

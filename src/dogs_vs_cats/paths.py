@@ -1,7 +1,7 @@
 """Every path a stage reads or writes, relative to the project root, as `dvc.yaml` names them.
 
 The one place they are spelled in Python: stages import from here, never from each
-other, and `tests/test_pipeline.py` checks that `dvc.yaml` says the same.
+other, and `tests/test_layout.py` checks that `dvc.yaml` says the same.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ PREPARE_REPORT = Path("metrics/prepare.json")
 TRAIN_METRICS = Path("metrics/train.json")
 TRAIN_LOG = Path("metrics/train_log.csv")  # every epoch
 VAL_LOG = Path("metrics/val_log.csv")  # the validated epochs only
-TRAIN_CURVES = Path("metrics/training_curves.png")  # both logs drawn: the original demo's figure
-UNLABELLED_METRICS = Path("metrics/unlabelled.json")  # whether test photos were used, how many, at what threshold
+TRAIN_CURVES = Path("metrics/training_curves.png")  # both logs drawn by evaluate: the original demo's figure
+UNLABELLED_METRICS = Path("metrics/unlabelled.json")  # how many test photos the student learns from (0: off)
 STUDENT_METRICS = Path("metrics/student.json")
 STUDENT_LOG = Path("metrics/student_log.csv")
 STUDENT_VAL_LOG = Path("metrics/student_val_log.csv")
@@ -52,7 +52,7 @@ def prepared(key: str) -> Path:
     return PREPARED / f"{key}.tfrecord"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Run:
     """What one training run reads and writes: the train stage's teacher, or the student stage's model."""
 
@@ -60,11 +60,26 @@ class Run:
     source: Path  # the training images
     model: Path
     metrics: Path
-    log: Path
-    val_log: Path
-    curves: Path | None
-    state: Path
+    log: Path  # every epoch
+    val_log: Path  # the validated epochs
+    state: Path  # checkpoints a killed run resumes from
 
 
-TEACHER_RUN = Run("train", prepared("train"), TEACHER, TRAIN_METRICS, TRAIN_LOG, VAL_LOG, TRAIN_CURVES, TRAIN_STATE)
-STUDENT_RUN = Run("student", STUDENT_RECORDS, MODEL, STUDENT_METRICS, STUDENT_LOG, STUDENT_VAL_LOG, None, STUDENT_STATE)
+TEACHER_RUN = Run(
+    stage="train",
+    source=prepared("train"),
+    model=TEACHER,
+    metrics=TRAIN_METRICS,
+    log=TRAIN_LOG,
+    val_log=VAL_LOG,
+    state=TRAIN_STATE,
+)
+STUDENT_RUN = Run(
+    stage="student",
+    source=STUDENT_RECORDS,
+    model=MODEL,
+    metrics=STUDENT_METRICS,
+    log=STUDENT_LOG,
+    val_log=STUDENT_VAL_LOG,
+    state=STUDENT_STATE,
+)

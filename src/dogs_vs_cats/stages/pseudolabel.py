@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import UserError, atomic_path, log, write_csv, write_json
-from .params import Params
-from .paths import PSEUDO_LABELS, STUDENT_RECORDS, TEACHER, UNLABELLED_METRICS, prepared
-from .records import read_records, record
+from ..common import UserError, atomic_path, log, write_csv, write_json
+from ..params import Params
+from ..paths import PSEUDO_LABELS, STUDENT_RECORDS, TEACHER, UNLABELLED_METRICS, prepared
+from ..records import read_records, record
 
 
 def choose(p_dog: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -45,13 +45,13 @@ def run(params: Params) -> None:
     if not u.enabled:
         write_csv(PSEUDO_LABELS, ["name", "p_dog", "label", "kept"], [])
         write_store(STUDENT_RECORDS, [], [], params.train.seed)
-        write_json(UNLABELLED_METRICS, {"used": False, "photos": 0, "threshold": u.threshold})
+        write_json(UNLABELLED_METRICS, {"test_photos": 0})
         log("pseudolabel: unlabelled.enabled is false; the test photos are not used")
         return
 
     import tensorflow as tf
 
-    from .predict import Predictor, predict_records
+    from ..inference import Predictor, predict_records
 
     log(f"pseudolabel: the teacher ({TEACHER}) labels {prepared('test')}")
     p_dog, _, names = predict_records(Predictor(TEACHER), prepared("test"))  # the -1 labels are not read
@@ -72,8 +72,9 @@ def run(params: Params) -> None:
     n_kept = int(kept.sum())
     write_json(
         UNLABELLED_METRICS,
-        # What `dvc metrics show` lists: the pool's size and the dogs among the kept are in labels.csv.
-        {"used": True, "photos": n_kept, "threshold": u.threshold},
+        # One column in `dvc metrics show`: how many test photos the student learns from (0 = off). How they
+        # were chosen is in params.yaml (`dvc params diff`); every photo's P(dog) and whether it was kept in labels.csv.
+        {"test_photos": n_kept},
     )
     log(
         f"pseudolabel: {n_kept} of {len(names)} test photos kept at confidence >= {u.threshold} "

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import UserError, log, write_csv
-from .params import Params
-from .paths import RAW, SETS, SPLIT
+from ..common import UserError, log, write_csv
+from ..params import Params
+from ..paths import RAW, SETS, SPLIT
 
 _NAME = re.compile(r"^(?:.*/)?(cat|dog)\.(\d+)\.jpe?g$", re.IGNORECASE)
 

@@ -12,11 +12,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from .common import UserError, log
-from .download import explain_http_error, kaggle_api
-from .params import Params, as_dict
-from .paths import RAW
-from .submission import check
+from ..common import UserError, log
+from ..kaggle_client import explain_http_error, kaggle_api
+from ..params import Params, as_dict
+from ..paths import RAW
+from ..submission_file import check
 
 UPLOAD_FAILED = "Could not submit to competition"
 
@@ -58,7 +58,7 @@ def _call(fn, competition):
         raise UserError(f"talking to Kaggle failed ({type(exc).__name__}: {exc}); try again") from None
 
 
-def run(params: Params, file: str, message: str | None, timeout_s: float, params_path: str = "params.yaml") -> None:
+def run(params: Params, *, file: str, message: str | None, timeout_s: float, params_path: str = "params.yaml") -> None:
     path = Path(file)
     competition = params.data.competition
     rows = check(path, RAW / "sample_submission.csv")

@@ -20,12 +20,12 @@ import time
 
 import numpy as np
 
-from .common import atomic_path, log, scores, write_json
-from .params import Export, Params
-from .paths import EXPORT as OUT
-from .paths import EXPORT_REPORT, FORM_METRICS, MODEL, prepared
-from .predict import Predictor, predict_records
-from .records import read_records
+from ..common import atomic_path, log, scores, write_json
+from ..inference import Predictor, predict_records
+from ..params import Export, Params
+from ..paths import EXPORT as OUT
+from ..paths import EXPORT_REPORT, FORM_METRICS, MODEL, prepared
+from ..records import read_records
 
 FORMS = ("float32", "float16", "int8", "int4")
 
@@ -196,7 +196,7 @@ def latency_ms(predictor: Predictor, image: np.ndarray, runs: int) -> float:
 def run(params: Params) -> None:
     import keras
 
-    from . import layers as _custom_objects  # noqa: F401  (registers the saved model's layers)
+    from .. import layers as _custom_objects  # noqa: F401  (registers the saved model's layers)
 
     model = keras.models.load_model(MODEL, compile=False)
     size = model.input_shape[1]

@@ -28,9 +28,9 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .common import UserError, log
-from .images import BadImage, TooLarge, load_image
-from .predict import Predictor
+from ..common import UserError, log
+from ..images import BadImage, TooLarge, load_image
+from ..inference import Predictor
 
 CHUNK = 64 << 10
 BUSY = object()  # _read_body's answer when the body would pass max_buffered
@@ -233,7 +233,7 @@ def make_server(
     return BoundedServer((host, port), Handler, max_connections)
 
 
-def run(model: str, host: str, port: int, max_bytes: int, max_pixels: int, timeout_s: float, max_connections: int):
+def run(*, model: str, host: str, port: int, max_bytes: int, max_pixels: int, timeout_s: float, max_connections: int):
     server = make_server(model, host, port, max_bytes, max_pixels, timeout_s, max_connections)
     log(f"serve: {model} on http://{host}:{server.server_address[1]}/predict (POST an image); Ctrl-C stops")
     try:

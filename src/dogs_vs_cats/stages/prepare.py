@@ -1,7 +1,7 @@
 """Stage `prepare`: decode every selected image once, resize it, and store it for streaming.
 
 Each split becomes one TFRecord file of raw uint8 pixels at `prepare.image_size`, so
-training reads sequentially and never decodes a JPEG again: the two cores go to the
+training reads sequentially and never decodes a JPEG again: the cores go to the
 model instead of to ImageDataGenerator-style re-decoding. Records stream from disk,
 so memory stays flat however large the competition is.
 
@@ -18,11 +18,11 @@ import time
 import zipfile
 from pathlib import Path
 
-from .common import Progress, UserError, atomic_path, log, write_json
-from .images import BadImage, load_image
-from .params import Params
-from .paths import PREPARE_REPORT, RAW, SETS, SPLIT, prepared
-from .records import record
+from ..common import Progress, UserError, atomic_path, log, write_json
+from ..images import BadImage, load_image
+from ..params import Params
+from ..paths import PREPARE_REPORT, RAW, SETS, SPLIT, prepared
+from ..records import record
 
 _TEST_NAME = re.compile(r"^(?:.*/)?(\d+)\.jpe?g$", re.IGNORECASE)
 

@@ -5,7 +5,8 @@ labelled photos) and `student` (on labelled and pseudo-labelled photos, when `un
     fit         -> train them, validating, logging and checkpointing every epoch (callbacks.py)
     calibrate   -> fit a temperature on validation and fold it into the net (calibrate.py)
     ship        -> save the float32 net, with its test-time views, where the run's stage writes it
-    report      -> the run's metrics file and, for the teacher, the training curves' picture
+    report      -> the run's metrics file (the curves are drawn by `evaluate`, so a picture's edit
+                   re-runs no training)
 
 The architecture is in model.py, the optimiser recipe in recipe.py, the input stream in
 inputs.py and the multi-worker loop in distributed.py. A run that is killed resumes from
@@ -28,7 +29,6 @@ from .calibrate import fit_temperature, fold_temperature, view_logits
 from .callbacks import EpochState, Validation, WeightAverage, resume
 from .common import atomic_path, log, write_json
 from .distributed import choose_strategy, fit_replicated
-from .figures import training_curves
 from .inputs import train_dataset
 from .layers import TestTimeViews
 from .model import from_params, with_tta
@@ -95,14 +95,14 @@ def calibrated(params: Params, weights: list) -> tuple[keras.Model, float]:
     keras.mixed_precision.set_global_policy("float32")
     net = from_params(t, size)
     net.set_weights(weights)
-    temperature = fit_temperature(*view_logits(net, TestTimeViews(t.tta, t.tta_crop), prepared("val"), size))
+    temperature = fit_temperature(*view_logits(net, TestTimeViews(flip=t.tta, crop=t.tta_crop), prepared("val"), size))
     fold_temperature(net, temperature)
     return net, temperature
 
 
 def ship(params: Params, net: keras.Model, path) -> None:
     """Save the net with its test-time views inside, atomically, where dvc.yaml expects it."""
-    shipped = with_tta(net, params.train.tta, params.train.tta_crop)
+    shipped = with_tta(net, flip=params.train.tta, crop=params.train.tta_crop)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, suffix=".keras") as tmp:
         shipped.save(tmp)
@@ -163,7 +163,5 @@ def train(params: Params, run: Run, callbacks: tuple = (), extra: dict | None = 
             "wall_s": round(wall, 1),
         },
     )
-    if run.curves is not None:
-        training_curves(run.log, run.val_log, run.curves)
     shutil.rmtree(run.state, ignore_errors=True)
     log(f"{run.stage}: done in {wall:.0f}s; temperature {temperature:.3f}; model in {run.model}")

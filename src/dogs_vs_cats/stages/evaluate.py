@@ -1,4 +1,5 @@
-"""Stage `evaluate`: accuracy, log loss and ROC AUC on the validation and holdout sets.
+"""Stage `evaluate`: accuracy, log loss and ROC AUC on the validation and holdout sets, and the
+pictures: the holdout's confusion matrix and ROC curve, and the teacher's training curves.
 
 The holdout set is touched by nothing else in the pipeline (the temperature is
 fitted on validation), so its figures are the honest ones.
@@ -9,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as skm
 
-from . import figures
-from .common import scores, write_csv, write_json
-from .params import Params
-from .paths import EVAL_METRICS, MODEL, prepared
-from .paths import EVAL_PLOTS as PLOTS
-from .predict import Predictor, predict_records
+from .. import figures
+from ..common import scores, write_csv, write_json
+from ..inference import Predictor, predict_records
+from ..params import Params
+from ..paths import EVAL_METRICS, MODEL, TRAIN_CURVES, TRAIN_LOG, VAL_LOG, prepared
+from ..paths import EVAL_PLOTS as PLOTS
 
 
 def _curve_rows(a: np.ndarray, b: np.ndarray, max_points: int = 400):
@@ -48,5 +49,7 @@ def run(params: Params) -> None:
         write_csv(PLOTS / "roc.csv", ["fpr", "tpr"], [])
         write_csv(PLOTS / "precision_recall.csv", ["recall", "precision"], [])
     write_json(EVAL_METRICS, result)
+    # The training curves are drawn here, not by `train`, so a change to a picture re-runs no training.
+    figures.training_curves(TRAIN_LOG, VAL_LOG, TRAIN_CURVES)
     h = result["holdout"]
     print(f"evaluate: holdout accuracy {h['accuracy']}, log loss {h['log_loss']}, ROC AUC {h['roc_auc']}")

@@ -2,14 +2,14 @@
 
 Its model is the teacher: the `student` stage ships it as it is (data/model) unless
 `unlabelled` is on, and `pseudolabel` labels the test photos with it. How a model is
-trained is in training.py, which the student stage uses too.
+trained is in trainer.py, which the student stage uses too.
 """
 
 from __future__ import annotations
 
-from .params import Params
-from .paths import TEACHER_RUN
-from .training import train
+from ..params import Params
+from ..paths import TEACHER_RUN
+from ..trainer import train
 
 
 def run(params: Params, callbacks: tuple = ()) -> None:

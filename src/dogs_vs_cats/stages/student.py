@@ -1,7 +1,7 @@
 """Stage `student`: the model that `evaluate`, `submission` and `export` read (data/model).
 
 With `unlabelled` off it is the teacher itself, copied. With it on, a new SqueezeNet is
-trained from scratch, by the teacher's recipe (training.py) over `unlabelled.epochs`, on the
+trained from scratch, by the teacher's recipe (trainer.py) over `unlabelled.epochs`, on the
 labelled photos and the test photos `pseudolabel` labelled: a noisy student, since its
 augmentation and dropout see each pseudo-labelled photo in ways the teacher never did.
 """
@@ -11,11 +11,11 @@ from __future__ import annotations
 import csv
 import shutil
 
-from .callbacks import write_logs
-from .common import UserError, atomic_path, log, write_json
-from .params import Params, student
-from .paths import MODEL, PSEUDO_LABELS, STUDENT_RUN, TEACHER
-from .training import train
+from ..callbacks import write_logs
+from ..common import UserError, atomic_path, log, write_json
+from ..params import Params, student
+from ..paths import MODEL, PSEUDO_LABELS, STUDENT_RUN, TEACHER
+from ..trainer import train
 
 
 def run(params: Params, callbacks: tuple = ()) -> None:

@@ -14,7 +14,7 @@ Faults are switched on per test through `server.fault`:
   stall_at        send this many bytes of the archive, then stall (for a test to kill the client)
   reject_upload   answer the storage PUT with 500
   score_error     mark new submissions as ERROR
-Run `python tests/fake_kaggle.py` to serve by hand; it prints the environment to use.
+Run `python bench/fake_kaggle.py` to serve by hand; it prints the environment to use.
 """
 
 from __future__ import annotations

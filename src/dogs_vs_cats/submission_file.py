@@ -1,9 +1,6 @@
-"""Stage `submission`: `data/submission.csv` in Kaggle's format, checked before it is written.
+"""Kaggle's submission file, `id,label`: its ids read, and a whole file checked as Kaggle would.
 
-Kaggle scores log loss, where one confident mistake costs more than many right
-answers earn, so probabilities are clipped to [clip, 1 - clip]. A test image that
-could not be decoded still gets its row (p = 0.5): Kaggle rejects a file with an id
-missing.
+The submission stage checks what it writes; the `submit` command checks again before uploading.
 """
 
 from __future__ import annotations
@@ -12,11 +9,7 @@ import csv
 import math
 from pathlib import Path
 
-import numpy as np
-
-from .common import UserError, atomic_path, log, write_csv
-from .params import Params
-from .paths import MODEL, RAW, SUBMISSION, prepared
+from .common import UserError
 
 
 def read_ids(path: Path) -> list[int]:
@@ -73,23 +66,3 @@ def check(path: Path, sample: Path, shown: Path | None = None) -> int:
     if len(set(ids)) != len(ids):
         raise UserError(f"{path}: some ids appear twice; regenerate it with `dvc repro submission`")
     return len(ids)
-
-
-def run(params: Params) -> None:
-    # Imported here so that `submit`, which only needs `check`, starts without TensorFlow.
-    from .predict import Predictor, predict_records
-
-    predictor = Predictor(MODEL)
-    p, _, names = predict_records(predictor, prepared("test"))
-    by_id = {int(Path(n).stem): float(x) for n, x in zip(names, p)}
-    sample = RAW / "sample_submission.csv"
-    ids = sorted(read_ids(sample))
-    missing = [i for i in ids if i not in by_id]
-    if missing:
-        log(f"submission: warning: {len(missing)} test image(s) undecodable, given p = 0.5: {missing[:10]}")
-    clip = params.submission.clip
-    rows = [(i, f"{np.clip(by_id.get(i, 0.5), clip, 1 - clip):.6f}") for i in ids]
-    with atomic_path(SUBMISSION) as tmp:
-        write_csv(tmp, ["id", "label"], rows)
-        check(tmp, sample, shown=SUBMISSION)  # a file Kaggle would reject never replaces the last good one
-    log(f"submission: {len(rows)} rows -> {SUBMISSION} (clipped to [{clip}, {1 - clip}])")

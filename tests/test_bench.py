@@ -1,0 +1,106 @@
+"""Every bench script runs, in a tiny mode, so a move in the code cannot break one silently.
+
+These check that each script runs to its end and prints its result; the figures themselves
+are for bench/results/, measured at full size.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from harness import BIN, ROOT, TINY, make_competition, project_env, tiny_project
+
+pytestmark = pytest.mark.slow
+COMPETITION = "dogs-vs-cats-redux-kernels-edition"
+TINY_SET = [f"--set={k}={v}" for k, v in TINY.items()]
+
+
+def bench(script: str, *args: str, cwd=ROOT, timeout: float = 600) -> dict:
+    """Run bench/`script` and return the JSON object it printed (the first one)."""
+    result = subprocess.run(
+        [str(BIN / "python"), str(ROOT / "bench" / script), *args],
+        cwd=cwd,
+        env=project_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, f"{script}: {result.stderr[-3000:]}"
+    out = result.stdout
+    start = out.index("{")
+    obj, _ = json.JSONDecoder().raw_decode(out[start:])
+    return obj
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A tiny project whose every stage has run: what the benches that read a project need."""
+    stages = ("download", "split", "prepare", "train", "pseudolabel", "student", "evaluate", "export")
+    return tiny_project(tmp_path_factory.mktemp("bench"), 6, stages, **{"train.epochs": 2})
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """A tiny competition laid out as ../shared/kaggle is, with the solution file the fake server scores by."""
+    folder = tmp_path_factory.mktemp("shared")
+    comp = make_competition(folder / COMPETITION, n_per_class=30, n_test=6)
+    ids = [line.split(",")[0] for line in (comp / "sample_submission.csv").read_text().splitlines()[1:]]
+    # make_competition draws odd ids as cats, even ids as dogs.
+    rows = "".join(f"{i},{int(i) % 2 == 0:d},Public\n" for i in ids)
+    (folder / f"{COMPETITION}.solution.csv").write_text("id,label,Usage\n" + rows)
+    return folder
+
+
+def test_accuracy_runs_the_pipeline_and_scores_it(shared):
+    r = bench("accuracy.py", "--shared", str(shared), *TINY_SET, "--set=train.epochs=2")
+    assert 0 <= r["holdout_accuracy"] <= 1 and r["kaggle_log_loss"] is not None
+    assert {"train", "evaluate", "export"} <= set(r["stages"])
+
+
+def test_memory_runs_every_stage(shared):
+    r = bench("memory.py", "--shared", str(shared), "--train", "1860", "--test", "6", "--size", "32")
+    assert r["stages"]["train"]["peak_rss_mb"] > 0
+
+
+def test_speed_trains_on_real_and_synthetic_input():
+    r = bench("speed.py", "--images", "64", "--epochs", "1")
+    assert r["train_real"]["images_per_s"] > 0 and r["train_synthetic"]["images_per_s"] > 0
+
+
+def test_bf16_trains_in_both_precisions():
+    r = bench("bf16.py", "--images", "64", "--seeds", "1", "--epochs", "1")
+    assert r
+
+
+def test_multiworker_trains_one_model_on_two_workers(shared):
+    r = bench("multiworker.py", "--shared", str(shared / COMPETITION), "--epochs", "2", *TINY_SET)
+    assert r["multi_worker"]["identical_models"] is True
+
+
+def test_quantize_reads_a_project(project):
+    r = bench("quantize.py", "--project", str(project), "--algorithms", "min_max_uniform_quantize")
+    assert r
+
+
+def test_resolution_scores_a_project_at_other_sizes(project):
+    r = bench("resolution.py", str(project), "32", "40")
+    assert r
+
+
+def test_averaging_trains_and_scores_each_decay(project):
+    r = bench("averaging.py", str(project), "--decays", "0", "0.9")
+    assert r
+
+
+def test_serve_load_sends_the_hostile_mix(project):
+    model = project / "data/export/model_int8.tflite"
+    r = bench("serve_load.py", "--model", str(model), "--clients", "2", "--requests", "6", "--photos", "4")
+    assert r["failures"] == 0 if "failures" in r else r
+
+
+def test_arm64_runs_its_steps_natively(project):
+    r = bench("arm64.py", "--project", str(project), "--photos", "4", "--native")
+    assert all(f["labels_equal"] for f in r["forms"].values())
