@@ -75,6 +75,7 @@ def main() -> int:
     import keras
 
     from dogs_vs_cats import params as P
+    from dogs_vs_cats import trainer
     from dogs_vs_cats.calibrate import fit_temperature, p_dog_of_views, view_logits
     from dogs_vs_cats.callbacks import WeightAverage
     from dogs_vs_cats.common import scores
@@ -90,7 +91,8 @@ def main() -> int:
 
     averages = {d: None for d in args.decays}
     steps: list[tuple[int, int, float]] = []
-    start = train.phases(params)[-2][0] + 1 if len(train.phases(params)) > 1 else 1
+    plan = trainer.phases(params)
+    start = plan[-2][0] + 1 if len(plan) > 1 else 1
 
     class Probe(keras.callbacks.Callback):
         """One average per probed decay over the stage's last phase, the step times, the weights at the end."""

@@ -311,6 +311,50 @@ def bomb_png(side: int) -> bytes:
     return buf.getvalue()
 
 
+def costly_photos(side: int = 6300) -> dict[str, bytes]:
+    """Legal but costly photos: under serve's 40-megapixel default, a few hundred KB on the wire, yet
+    16-bit greyscale and RGBA decode to several times an RGB photo's memory."""
+    import io
+
+    from PIL import Image
+
+    out = {}
+    for name, img in (("16-bit", Image.new("I;16", (side, side), 30000)), ("rgba", Image.new("RGBA", (side, side)))):
+        buf = io.BytesIO()
+        img.save(buf, "PNG", optimize=True)
+        out[name] = buf.getvalue()
+    return out
+
+
+def slowloris(port: int, clients: int, byte_every_s: float = 1.0, timeout: float = 120) -> list[dict]:
+    """`clients` connections, each sending a request's headers one byte every `byte_every_s` seconds
+    until the service answers or closes: per client, the status it got (0: none) and when."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n\r\n"
+
+    def client(_):
+        start = time.monotonic()
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        answer = b""
+        try:
+            for byte in head:
+                sock.sendall(bytes([byte]))
+                time.sleep(byte_every_s)
+        except OSError:
+            pass  # cut by the service
+        try:
+            answer = sock.recv(4096)
+        except OSError:
+            pass
+        sock.close()
+        status = int(answer.split()[1]) if answer.startswith(b"HTTP/") else 0
+        return {"status": status, "seconds": time.monotonic() - start}
+
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(client, range(clients)))
+
+
 def post(port: int, body: bytes, timeout: float = 30) -> tuple[int, dict]:
     """POST `body` to /predict: (status, answer); status 0 if the service closed without answering."""
     import http.client

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +33,14 @@ from benchlib import (
     BIN,
     EXPECTED_STATUS,
     bench_arguments,
+    costly_photos,
     free_ports,
     hostile_bodies,
     load_mix,
     machine,
     post,
     project_env,
+    slowloris,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +60,8 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=16, help="concurrent clients")
     ap.add_argument("--requests", type=int, default=40, help="requests per client")
     ap.add_argument("--hostile-every", type=int, default=4, help="every n-th request is hostile")
-    ap.add_argument("--timeout", type=float, default=5.0, help="serve --timeout: how long a stalled sender holds on")
+    ap.add_argument("--timeout", type=float, default=20.0, help="serve --timeout (its default): how long a sender has")
+    ap.add_argument("--slow-clients", type=int, default=64, help="clients trickling their headers at once")
     ap.add_argument("--photos", type=int, default=200, help="real test photos to send")
     args = ap.parse_args()
     if not args.model.is_file():
@@ -69,6 +73,7 @@ def main() -> int:
         names = sorted(n for n in z.namelist() if n.endswith(".jpg"))[: args.photos]
         good = [z.read(n) for n in names]
     hostile = hostile_bodies(max(good, key=len), MAX_PIXELS)
+    costly = costly_photos()
 
     (port,) = free_ports()
     service = subprocess.Popen(
@@ -86,8 +91,19 @@ def main() -> int:
             time.sleep(0.2)
         idle = memory_mb(service.pid)
         t0 = time.monotonic()
-        records = load_mix(port, good, hostile, MAX_BYTES, args.clients, args.requests, args.hostile_every, seed=0)
+        with ThreadPoolExecutor(4) as pool:  # two of each costly photo at once, beside the mix
+            sent = [pool.submit(post, port, costly[kind]) for kind in ("16-bit", "rgba", "16-bit", "rgba")]
+            records = load_mix(port, good, hostile, MAX_BYTES, args.clients, args.requests, args.hostile_every)
+            costly_answers = [(kind, s.result()) for kind, s in zip(("16-bit", "rgba", "16-bit", "rgba"), sent)]
         wall = time.monotonic() - t0
+        # A slowloris: clients trickling their headers a byte a second; a photo sent meanwhile.
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(slowloris, port, args.slow_clients)
+            time.sleep(2)
+            t1 = time.monotonic()
+            during = post(port, good[1 % len(good)], timeout=30)[0]
+            during_s = time.monotonic() - t1
+            slow = slow.result()
         after = memory_mb(service.pid)
         alive = post(port, good[0], timeout=5)[0] == 200
     finally:
@@ -116,6 +132,21 @@ def main() -> int:
             "p50": round(float(np.percentile(seconds, 50)) * 1000, 1),
             "p99": round(float(np.percentile(seconds, 99)) * 1000, 1),
         },
+        "costly_photos": [
+            {"kind": kind, "bytes": len(costly[kind]), "status": status, "error": answer.get("error")}
+            for kind, (status, answer) in costly_answers
+        ],
+        "slowloris": {
+            "clients": args.slow_clients,
+            "photo_meanwhile_status": during,
+            "photo_meanwhile_s": round(during_s, 3),
+            "answers": sorted({str(s["status"]) for s in slow}),
+            "cut_after_s": {
+                "min": round(min(s["seconds"] for s in slow), 1),
+                "max": round(max(s["seconds"] for s in slow), 1),
+            },
+        },
+        "serve_timeout_s": args.timeout,
         "wall_s": round(wall, 1),
         "service_rss_mb": {"idle": idle["VmRSS"], "peak": after["VmHWM"]},
         "alive_after": alive,
@@ -126,7 +157,14 @@ def main() -> int:
         f"{len(ok)} photos failed (target 0); p50 {result['good_latency_ms']['p50']} ms, p99 "
         f"{result['good_latency_ms']['p99']} ms; service peak RSS {after['VmHWM']} MB (target <= 400)"
     )
-    return 0 if result["good_failures"] == 0 and after["VmHWM"] <= 400 and alive else 1
+    print(
+        f"costly photos: {[a['status'] for a in result['costly_photos']]}; slowloris of {args.slow_clients}: a photo "
+        f"meanwhile got {during} in {during_s:.2f} s (target < 1), slow clients cut after "
+        + "{min}-{max} s".format(**result["slowloris"]["cut_after_s"])
+        + f" (--timeout {args.timeout:g})"
+    )
+    met = result["good_failures"] == 0 and after["VmHWM"] <= 400 and alive and during == 200 and during_s < 1
+    return 0 if met else 1
 
 
 if __name__ == "__main__":

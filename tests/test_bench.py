@@ -97,8 +97,10 @@ def test_averaging_trains_and_scores_each_decay(project):
 
 def test_serve_load_sends_the_hostile_mix(project):
     model = project / "data/export/model_int8.tflite"
-    r = bench("serve_load.py", "--model", str(model), "--clients", "2", "--requests", "6", "--photos", "4")
-    assert r["failures"] == 0 if "failures" in r else r
+    args = ["--clients", "2", "--requests", "6", "--photos", "4", "--timeout", "2", "--slow-clients", "4"]
+    r = bench("serve_load.py", "--model", str(model), *args)
+    assert r["good_failures"] == 0 and r["hostile_answered_as_expected"]
+    assert [c["status"] for c in r["costly_photos"]] == [413] * 4 and r["slowloris"]["answers"] == ["408"]
 
 
 def test_arm64_runs_its_steps_natively(project):

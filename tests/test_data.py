@@ -92,6 +92,8 @@ def test_split_stage_ignores_unlabelled_names_with_a_warning(tmp_path):
         ("cat", "GIF", "P"),
         ("dog", "PNG", "RGB"),
         ("cat", "BMP", "RGB"),
+        ("dog", "WEBP", "RGB"),
+        ("cat", "WEBP", "RGBA"),
     ],
 )
 def test_any_decodable_image_becomes_size_by_size_rgb(kind, fmt, mode):
@@ -161,7 +163,44 @@ def test_max_pixels_refuses_from_the_header_counting_jpeg_reduction():
     assert load_image(encoded("JPEG", 3000), 48, max_pixels=150_000).shape == (48, 48, 3)
     with pytest.raises(TooLarge):
         load_image(encoded("JPEG", 3000), 48, max_pixels=140_000)
-    assert load_image(encoded("PNG", 3000), 48).shape == (48, 48, 3)  # no limit given, none applied
+    assert load_image(encoded("PNG", 3000), 48, max_decode_bytes=1 << 30).shape == (48, 48, 3)
+
+
+def test_a_photo_whose_decode_would_pass_the_memory_budget_is_refused_from_its_header():
+    import io
+
+    from PIL import Image
+
+    from dogs_vs_cats.images import MAX_DECODE_BYTES, decode_bytes
+
+    def png(mode, side):
+        buf = io.BytesIO()
+        Image.new(mode, (side, side)).save(buf, "PNG")
+        return buf.getvalue()
+
+    # The same 2,500 x 2,500 pixels: an RGB photo fits the default budget, a 16-bit or RGBA one does not.
+    assert load_image(png("RGB", 2500), 32).shape == (32, 32, 3)
+    for mode in ("I;16", "RGBA"):
+        need = decode_bytes(mode, 2500, 2500)
+        assert need > MAX_DECODE_BYTES
+        with pytest.raises(TooLarge) as refused:
+            load_image(png(mode, 2500), 32)
+        assert refused.value.decode_bytes == need and "MiB a decode" in str(refused.value)
+    with pytest.raises(TooLarge, match="the limit is 1,000,000 pixels"):
+        load_image(png("L", 2000), 32, max_pixels=1_000_000)
+
+
+def test_sixteen_bit_scaling_in_integers_equals_the_float_division():
+    import io
+
+    from PIL import Image
+
+    values = np.array([[0, 1, 256, 257, 258, 32767, 65278, 65534, 65535]], dtype=np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(values).save(buf, "PNG")
+    out = load_image(buf.getvalue(), values.shape[1])  # one row, stretched: each column keeps its value
+    expected = np.clip(values / 257.0, 0, 255).astype(np.uint8)[0]
+    assert (out[0, :, 0] == expected).all()
 
 
 def test_prepare_skips_and_reports_bad_training_images_and_keeps_test_ids(tmp_path):

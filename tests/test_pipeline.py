@@ -358,17 +358,22 @@ def test_submit_failures_are_one_clear_line(repro, fault, words):
 
 
 def test_credentials_never_reach_outputs_logs_or_descriptions(repro):
-    from fake_kaggle import KEY, FakeKaggle
+    from fake_kaggle import KEY, TOKEN, FakeKaggle
 
     with FakeKaggle() as fake:
         result = submit(repro, fake)
+        env = dict(repro["env"], **fake.env(token=True))
+        with_token = run_cli(["submit", "--timeout", "30"], repro["project"], env=env)
+        assert with_token.returncode == 0, with_token.stderr
         descriptions = [s["description"] for s in fake.submissions]
     texts = [repro["first"].stdout, repro["first"].stderr, result.stdout, result.stderr, *descriptions]
-    assert all(KEY not in t for t in texts)
-    # Everything the runs wrote (the test's own fake server source, which defines the key, aside).
+    texts += [with_token.stdout, with_token.stderr]
+    assert all(KEY not in t and TOKEN not in t for t in texts)
+    # Everything the runs wrote (the fake server's own source, which defines the secrets, aside).
     for path in repro["project"].rglob("*"):
-        if path.is_file() and not {".git", "tests"} & set(path.parts) and path.stat().st_size < 50_000_000:
-            assert KEY.encode() not in path.read_bytes(), path
+        if path.is_file() and not {".git", "tests", "bench"} & set(path.parts) and path.stat().st_size < 50_000_000:
+            data = path.read_bytes()
+            assert KEY.encode() not in data and TOKEN.encode() not in data, path
 
 
 # --- The DVC workflow: experiments, diffs, remotes (these commit in the shared project: keep them last) ---

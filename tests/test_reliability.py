@@ -14,6 +14,7 @@ from harness import (
     BIN,
     copy_project,
     free_ports,
+    image_bytes,
     make_competition,
     project_env,
     run_cli,
@@ -256,3 +257,183 @@ def test_a_short_training_tells_the_synthetic_cats_from_dogs(tmp_path):
     for key in ("val", "holdout"):
         assert ev[key]["accuracy"] >= 0.9 and ev[key]["log_loss"] < 0.3, ev
     assert ev["holdout"]["roc_auc"] >= 0.97, ev
+
+
+# --- One decode's memory, whatever the photo's mode (images.decode_bytes) --------------------------
+
+_PEAK_CHILD = """
+import re, sys
+from dogs_vs_cats.images import load_image
+def status(key):
+    return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
+load_image(open(sys.argv[2], "rb").read(), 64)  # warm: Pillow's and numpy's first allocations
+data = open(sys.argv[1], "rb").read()
+open("/proc/self/clear_refs", "w").write("5")  # resets the peak (VmHWM) to the memory in use now
+before = status("VmRSS")
+load_image(data, 128, max_decode_bytes=1 << 40)
+print(status("VmHWM") - before)
+"""
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "1", "RGBA", "LA", "P+transparency", "CMYK", "I;16", "I", "F"])
+def test_one_decode_stays_within_the_memory_its_mode_is_budgeted(tmp_path, mode):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from dogs_vs_cats.images import decode_bytes
+
+    budget = 48 << 20
+    pil_mode = "P" if mode.startswith("P") else mode
+    transparent = mode == "P+transparency"
+    side = int((budget / decode_bytes(pil_mode, 1, 1, transparent)) ** 0.5)  # the largest square the budget allows
+    rng = np.random.default_rng(0)
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65535, (side, side), dtype=np.uint16))
+    elif mode == "I":
+        img = Image.fromarray(rng.integers(0, 65535, (side, side), dtype=np.int32))
+    elif mode == "F":
+        img = Image.fromarray(rng.random((side, side), dtype=np.float32) * 255)
+    else:
+        img = Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).convert(pil_mode)
+    assert img.mode == pil_mode
+    buf = io.BytesIO()
+    img.save(buf, "TIFF" if mode in ("CMYK", "I", "F") else "PNG", **({"transparency": 0} if transparent else {}))
+    (tmp_path / "photo").write_bytes(buf.getvalue())
+    (tmp_path / "small").write_bytes(image_bytes())
+    out = subprocess.run(
+        [str(BIN / "python"), "-c", _PEAK_CHILD, str(tmp_path / "photo"), str(tmp_path / "small")],
+        capture_output=True,
+        text=True,
+        env=project_env(),
+        check=True,
+    )
+    peak = int(out.stdout.split()[-1])
+    need = decode_bytes(pil_mode, side, side, transparent)
+    assert need <= budget and peak <= need, f"{mode}: {peak:,} bytes at the peak, {need:,} budgeted"
+    assert peak > need / 4  # the measurement saw the decode at all
+
+
+# --- Hostile archives (download.check_archive) ------------------------------------------------------
+
+
+def _local_download(tmp_path, source):
+    project = copy_project(tmp_path / "project")
+    set_params(project, **{"data.source": str(source)})
+    start = time.monotonic()
+    result = run_cli(["download"], project)
+    return project, result, time.monotonic() - start
+
+
+def test_a_member_claiming_4_gb_is_refused_in_seconds_before_anything_is_inflated(tmp_path):
+    import zipfile
+
+    bundle = tmp_path / "competition.zip"
+    with zipfile.ZipFile(bundle, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        with zf.open("train.zip", "w", force_zip64=True) as w:  # 4 GiB of zeros, 18 MB deflated
+            zeros = bytes(64 << 20)
+            for _ in range(64):
+                w.write(zeros)
+        zf.writestr("test.zip", b"")
+        zf.writestr("sample_submission.csv", "id,label\n")
+    project, result, seconds = _local_download(tmp_path, bundle)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1, result.stderr
+    assert "train.zip claims 4,294,967,296 bytes inflated" in errors[0] and seconds < 5
+    assert not (project / "data/raw").exists() and not (project / "data/raw.tmp").exists()
+
+
+@pytest.mark.parametrize(
+    "member, words",
+    [
+        ("../../escape.jpg", "would land outside its folder"),
+        ("/etc/cron.d/x.jpg", "would land outside its folder"),
+        ("train/cat.1.jpg", "over the 67,108,864-byte limit for one member"),
+    ],
+)
+def test_a_photo_archive_with_a_hostile_member_is_refused_in_one_line(tmp_path, member, words):
+    import zipfile
+
+    comp = make_competition(tmp_path / "comp", n_per_class=2, n_test=2)
+    with zipfile.ZipFile(comp / "train.zip", "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(member, bytes(65 << 20) if "limit" in words else b"x")
+    project, result, _ = _local_download(tmp_path, comp)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1 and words in errors[0], result.stderr
+    assert not (project / "data/raw").exists()
+
+
+def test_a_full_disk_while_unpacking_gives_one_line_and_installs_nothing(tmp_path):
+    import os
+
+    from harness import SHARED_COMPETITION
+
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    if sudo and subprocess.run(sudo + ["true"], capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root or passwordless sudo (CI runs as root)")
+    project = copy_project(tmp_path / "project")
+    set_params(project, **{"data.source": str(SHARED_COMPETITION)})
+    data = project / "data"
+    data.mkdir(exist_ok=True)
+    subprocess.run(sudo + ["mount", "-t", "tmpfs", "-o", "size=20m,mode=1777", "tmpfs", str(data)], check=True)
+    try:
+        result = run_cli(["download"], project)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 1 and len(errors) == 1, result.stderr
+        assert "no space left on the device" in errors[0] and "nothing was installed" in errors[0]
+        assert not (data / "raw").exists() and not (data / "raw.tmp").exists()
+    finally:
+        subprocess.run(sudo + ["umount", str(data)], check=True)
+
+
+def _kill_when(cmd: list[str], cwd, ready, timeout: float = 300) -> None:
+    """Run `dogs-vs-cats CMD` in `cwd` and SIGKILL it as soon as `ready()` is true."""
+    proc = subprocess.Popen(
+        [str(BIN / "dogs-vs-cats"), *cmd], cwd=cwd, env=project_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None and time.monotonic() < deadline, f"{cmd} ended before it could be killed"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_prepare_killed_mid_way_leaves_no_store_and_the_next_run_writes_the_same_bytes(tmp_path):
+    import hashlib
+
+    project = tiny_project(tmp_path, 40, ("download", "split"), **{"prepare.workers": 1})
+    prepared = project / "data/prepared"
+
+    def digests():
+        return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in prepared.glob("*.tfrecord")}
+
+    _kill_when(["prepare"], project, lambda: (prepared / "train.tfrecord").exists())  # the first store is done
+    assert not (prepared / "test.tfrecord").exists()  # the last store never half-written under its name
+    assert run_cli(["prepare"], project).returncode == 0
+    after_kill = digests()
+    assert run_cli(["prepare"], project).returncode == 0
+    assert after_kill == digests() and len(after_kill) == 4
+
+
+def test_student_killed_mid_way_resumes_from_its_last_checkpoint(tmp_path):
+    settings = {"train.epochs": 4, "unlabelled.enabled": True, "unlabelled.threshold": 0.5}
+    settings |= {"unlabelled.epochs": 5, "unlabelled.low_res_epochs": 0, "train.validation_freq": 5}
+    project = tiny_project(tmp_path, 16, ("download", "split", "prepare", "train", "pseudolabel"), **settings)
+    state = project / "data/student_state/state.json"
+
+    def past_two():
+        try:
+            return json.loads(state.read_text())["epoch"] >= 2
+        except (OSError, ValueError):
+            return False
+
+    _kill_when(["student"], project, past_two)
+    killed_at = json.loads(state.read_text())["epoch"]
+    assert not (project / "data/model/model.keras").exists()
+    result = run_cli(["student"], project)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming after epoch {killed_at}" in result.stderr
+    assert json.loads((project / "metrics/student.json").read_text())["epochs"] == 5
+    assert not (project / "data/student_state").exists()

@@ -41,8 +41,19 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--max-pixels", type=int, default=40_000_000, help="largest decoded photo, in pixels (default 40 million)"
     )
+    v.add_argument(
+        "--max-decode-mb",
+        type=int,
+        default=64,
+        help="most memory one photo's decode may take, whatever its mode (default 64 MiB)",
+    )
     v.add_argument("--timeout", type=float, default=20.0, help="seconds a client has to send a request (default 20)")
-    v.add_argument("--max-connections", type=int, default=32, help="connections served at once (default 32)")
+    v.add_argument(
+        "--max-connections",
+        type=int,
+        default=32,
+        help="requests in the service at once, 503 past them; open connections up to 8 times this (default 32)",
+    )
     return parser
 
 
@@ -71,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 port=args.port,
                 max_bytes=args.max_bytes,
                 max_pixels=args.max_pixels,
+                max_decode_bytes=args.max_decode_mb << 20,
                 timeout_s=args.timeout,
                 max_connections=args.max_connections,
             )

@@ -1,244 +1,260 @@
-"""`dogs-vs-cats serve`: a tiny HTTP service a device can expose.
+"""`dogs-vs-cats serve`: a small HTTP service a device can expose, on waitress.
 
     curl --data-binary @cat.jpg http://127.0.0.1:8080/predict
     {"p_dog": 0.0312, "label": "cat"}
 
-Standard library only (plus the LiteRT runtime for .tflite models), so it runs on a
-Raspberry Pi without TensorFlow. One interpreter is shared behind a lock: LiteRT
-interpreters are not thread-safe, and on a small device one image at a time is
-what the cores can do anyway.
+waitress is a production WSGI server in pure Python, so the service still installs on a
+Raspberry Pi with pip and runs without TensorFlow (a .tflite model needs LiteRT only). It reads
+every request, headers and body, in one event loop before any worker thread sees it: a client
+that trickles its bytes holds a socket and a small buffer, never a worker. It also bounds the
+header's size and the body's, and spools a body past a small buffer to a temporary file.
 
 Every request is bounded, so no client can take the service down:
-- bytes: the body may not exceed `max_bytes`;
-- pixels: a photo whose decoded size would exceed `max_pixels` is refused from its header,
-  before any pixel is decoded (a small PNG can claim 100 megapixels of one colour);
-- time: a client has `timeout_s` to send its whole request, however slowly it trickles;
-- concurrency: one photo is decoded and scored at a time, and at most `max_connections`
-  connections are served at once; the next one gets a 503 at once;
-- memory: request bodies held at once total at most `max_buffered` bytes, counted as they
-  arrive (so a client that claims a large body and sends nothing holds nothing); a request
-  that would pass it gets a 503.
+- bytes: the body may not exceed `max_bytes` (413, answered from the header, nothing read);
+- decode: a photo whose decoded size would pass `max_pixels`, or whose decode would take more than
+  `max_decode_bytes` of memory in its mode, is refused from its header (413), before a pixel is
+  decoded; one photo is decoded and scored at a time, so the service holds one decode's memory;
+- time: a client has `timeout_s` to send its whole request, however slowly it trickles (408);
+  a request that has arrived is never cut while it waits for the model;
+- concurrency: at most `max_connections` requests are in the service at once, waiting for the
+  model or in it; the next gets a 503 at once. Open connections are capped at
+  CONNECTIONS_PER_SLOT times that; past it, new ones wait in the kernel's accept queue.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..common import UserError, log
-from ..images import BadImage, TooLarge, load_image
+from ..images import MAX_DECODE_BYTES, MAX_PIXELS, BadImage, TooLarge, load_image
 from ..inference import Predictor
 
-CHUNK = 64 << 10
-BUSY = object()  # _read_body's answer when the body would pass max_buffered
+CONNECTIONS_PER_SLOT = 8  # slow senders cost a socket and a small buffer each, until cut at the timeout
+HEADER_BYTES = 16 << 10  # a request's headers; a photo upload needs a few hundred bytes
+BODY_IN_MEMORY = 256 << 10  # waitress spools a body past this to a temporary file
+STATUS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    411: "Length Required",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
 
 
-class BoundedServer(ThreadingHTTPServer):
-    """A threading server that answers 503 instead of starting a thread past `max_connections`."""
+def _response(status: int, obj: dict) -> tuple[str, list, bytes]:
+    body = (json.dumps(obj) + "\n").encode()
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    return f"{status} {STATUS[status]}", headers, body
 
-    daemon_threads = True
 
-    def __init__(self, address, handler, max_connections: int):
-        # The kernel's queue of connections not yet accepted: at socketserver's default of 5, a burst
-        # of clients overflows it, and each dropped connection waits a second to retry or is reset.
-        self.request_queue_size = max(64, 2 * max_connections)
-        super().__init__(address, handler)
-        self.slots = threading.BoundedSemaphore(max_connections)
+def _raw_response(status: int, message: str) -> bytes:
+    line, headers, body = _response(status, {"error": message})
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers + [("Connection", "close")])
+    return f"HTTP/1.1 {line}\r\n{head}\r\n".encode() + body
 
-    def process_request(self, request, client_address):
-        if not self.slots.acquire(blocking=False):
-            try:
-                body = b'{"error": "the service is busy; try again shortly"}\n'
-                request.sendall(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                    b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-                )
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
 
-    def process_request_thread(self, request, client_address):
+def make_app(predictor: Predictor, *, max_bytes: int, max_pixels: int, max_decode_bytes: int, max_connections: int):
+    """The WSGI application: /predict and /health, each answer one JSON line."""
+    model_lock = threading.Lock()  # LiteRT interpreters are not thread-safe; one decode's memory at a time
+    slots = threading.BoundedSemaphore(max_connections)
+
+    def app(environ, start_response):
+        def reply(status: int, obj: dict):
+            line, headers, body = _response(status, obj)
+            start_response(line, headers)
+            return [body]
+
+        def error(status: int, message: str):
+            return reply(status, {"error": message})
+
+        path, method = environ.get("PATH_INFO", ""), environ["REQUEST_METHOD"]
+        if path == "/health" and method == "GET":
+            return reply(200, {"status": "ok", "model": str(predictor.path), "image_size": predictor.image_size})
+        if path != "/predict":
+            return error(404, f"no such path {path}; POST an image to /predict")
+        if method == "GET":
+            return error(405, "use POST /predict with the image bytes as the request body")
+        if method != "POST":
+            return error(405, f"{method} is not supported; POST an image to /predict")
+        length = environ.get("CONTENT_LENGTH") or ""
+        if not length.strip().isdigit():
+            if length:
+                return error(400, "Content-Length is not a number")
+            return error(411, "send a Content-Length header with the image bytes")
+        n = int(length)
+        if n > max_bytes:  # waitress answers first when the header says so; a chunked body is counted here
+            return error(413, f"image is {n} bytes; the limit is {max_bytes}")
+        if n == 0:
+            return error(400, "empty body; POST the image file's bytes")
+        if not slots.acquire(blocking=False):
+            return error(503, "the service is busy; try again shortly")
         try:
-            super().process_request_thread(request, client_address)
+            data = environ["wsgi.input"].read(n)
+            with model_lock:
+                p = predictor.p_dog_one(load_image(data, predictor.image_size, max_pixels, max_decode_bytes))
+        except TooLarge as exc:
+            return error(413, f"image {exc}; send a smaller one")
+        except BadImage as exc:
+            return error(415, f"body is not a decodable image ({exc}); send a JPEG or PNG")
         finally:
-            self.slots.release()
+            slots.release()
+        return reply(200, {"p_dog": round(p, 6), "label": "dog" if p >= 0.5 else "cat"})
+
+    app.model_lock = model_lock  # for tests: hold the model to see requests wait for it
+    return app
+
+
+def _server_classes():
+    """waitress' server, channel and error task, with the two things this service adds: a deadline for a
+    whole request, and errors answered as one JSON line like every other answer."""
+    from waitress.channel import HTTPChannel
+    from waitress.server import TcpWSGIServer
+    from waitress.task import ErrorTask
+
+    class JsonErrorTask(ErrorTask):
+        def execute(self):
+            e, adj = self.request.error, self.channel.server.adj
+            if e.code == 413:
+                message = f"the body is too large; the limit is {adj.max_request_body_size} bytes"
+            elif e.code == 431:
+                message = f"the headers are too large; the limit is {adj.max_request_header_size} bytes"
+            else:
+                message = f"{e.reason.lower()}: {' '.join(str(e.body).split())}"
+            line, headers, body = _response(e.code if e.code in STATUS else 400, {"error": message})
+            self.status = line
+            self.response_headers.extend(h for h in headers if h[0] == "Content-Type")
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    class Channel(HTTPChannel):
+        error_task_class = JsonErrorTask
+        started = 0.0  # when the request now arriving sent its first byte
+
+        def received(self, data):
+            if data and self.request is None:
+                self.started = time.time()
+            return super().received(data)
+
+    class DeadlineServer(TcpWSGIServer):
+        """Cuts, with a 408, a connection whose request has not fully arrived `deadline` seconds after its
+        first byte. waitress' own channel_timeout counts silence, which a byte a second never reaches; it
+        still closes a connection that sends nothing at all for that long."""
+
+        channel_class = Channel
+        deadline = 20.0
+
+        def maintenance(self, now):
+            super().maintenance(now)
+            for channel in list(self.active_channels.values()):
+                arriving = channel.request is not None and not channel.requests  # complete ones are never cut
+                if not arriving or channel.will_close or channel.close_when_flushed:
+                    continue
+                if now - channel.started > self.deadline:
+                    message = f"the request was not complete within {self.deadline:g} s; send it faster"
+                    try:
+                        channel.write_soon(_raw_response(408, message))
+                    except Exception:  # the client has gone: nothing to answer
+                        channel.will_close = True
+                        continue
+                    channel.close_when_flushed = True
+
+    return DeadlineServer
 
 
 def make_server(
     model: str,
     host: str,
     port: int,
+    *,
     max_bytes: int,
-    max_pixels: int = 40_000_000,
+    max_pixels: int = MAX_PIXELS,
+    max_decode_bytes: int = MAX_DECODE_BYTES,
     timeout_s: float = 20.0,
     max_connections: int = 32,
-    max_buffered: int | None = None,
-) -> ThreadingHTTPServer:
-    max_buffered = max_buffered or max(64 << 20, 4 * max_bytes)  # room for two of the largest bodies
+):
+    """The service, listening but not yet serving: call `.run()`, and `.close()` to stop."""
     for name, value in (
         ("--max-bytes", max_bytes),
         ("--max-pixels", max_pixels),
+        ("--max-decode-mb", max_decode_bytes),
         ("--max-connections", max_connections),
     ):
         if value < 1:
             raise UserError(f"serve: {name} {value} is invalid: expected a positive number")
     if not timeout_s > 0:
         raise UserError(f"serve: --timeout {timeout_s} is invalid: expected seconds above 0")
-    predictor = Predictor(model)
-    lock = threading.Lock()
-    buffered = {"bytes": 0}
-    buffered_lock = threading.Lock()
-
-    def reserve(n: int) -> bool:
-        with buffered_lock:
-            if buffered["bytes"] + n > max_buffered:
-                return False
-            buffered["bytes"] += n
-            return True
-
-    def release(n: int) -> None:
-        with buffered_lock:
-            buffered["bytes"] -= n
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "dogs-vs-cats"
-        timeout = timeout_s  # per socket operation: an idle or silent client is dropped
-
-        def setup(self):
-            super().setup()
-            self._watchdog = None
-            self._arm()
-
-        def _arm(self):
-            """A deadline for the whole next request, however slowly it trickles in: at it, the body
-            reader answers 408, and a request still unread a second later has its socket shut."""
-            if self._watchdog is not None:
-                self._watchdog.cancel()
-            self.deadline = time.monotonic() + timeout_s
-            self._watchdog = threading.Timer(timeout_s + 1.0, self._cut)
-            self._watchdog.daemon = True
-            self._watchdog.start()
-
-        def _cut(self):
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-        def finish(self):
-            self._watchdog.cancel()
-            super().finish()
-
-        def log_message(self, fmt, *args):
-            log(f"serve: {self.address_string()} {fmt % args}")
-
-        def _reply(self, status: int, obj: dict):
-            body = (json.dumps(obj) + "\n").encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            self._arm()  # a kept-alive connection's next request gets its own deadline
-
-        def _error(self, status: int, message: str):
-            self._reply(status, {"error": message})
-
-        def _read_body(self, n: int):
-            """The `n` body bytes; None if the client did not send them before the deadline, BUSY if
-            holding them would pass max_buffered. Bytes count as they arrive (twice: the chunks and
-            their join), so a client that claims a large body and sends nothing holds nothing."""
-            chunks, got = [], 0
-            while got < n:
-                left = self.deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self.connection.settimeout(min(left, timeout_s))
-                try:
-                    chunk = self.rfile.read1(min(CHUNK, n - got))
-                except TimeoutError:
-                    return None
-                if not chunk:
-                    return None
-                if not reserve(2 * len(chunk)):
-                    return BUSY
-                self.held += 2 * len(chunk)
-                chunks.append(chunk)
-                got += len(chunk)
-            return b"".join(chunks)
-
-        def do_GET(self):
-            if self.path == "/health":
-                return self._reply(
-                    200, {"status": "ok", "model": str(predictor.path), "image_size": predictor.image_size}
-                )
-            if self.path == "/predict":
-                return self._error(405, "use POST /predict with the image bytes as the request body")
-            return self._error(404, f"no such path {self.path}; POST an image to /predict")
-
-        def do_POST(self):
-            if self.path != "/predict":
-                return self._error(404, f"no such path {self.path}; POST an image to /predict")
-            length = self.headers.get("Content-Length")
-            if length is None:
-                self.close_connection = True
-                return self._error(411, "send a Content-Length header with the image bytes")
-            try:
-                n = int(length)
-            except ValueError:
-                self.close_connection = True
-                return self._error(400, "Content-Length is not a number")
-            if n > max_bytes:
-                self.close_connection = True  # don't read a huge body just to discard it
-                return self._error(413, f"image is {n} bytes; the limit is {max_bytes}")
-            if n <= 0:
-                return self._error(400, "empty body; POST the image file's bytes")
-            self.held = 0  # body bytes this request holds against max_buffered
-            try:
-                self._score(n)
-            finally:
-                release(self.held)
-
-        def _score(self, n: int):
-            data = self._read_body(n)
-            if data is BUSY:
-                self.close_connection = True
-                return self._error(503, "the service holds as many uploads as it may; try again shortly")
-            if data is None:
-                self.close_connection = True
-                return self._error(408, f"the request was not complete within {timeout_s:g} s; send it faster")
-            self._watchdog.cancel()  # the client has sent it all: waiting for the model is not its delay
-            try:
-                with lock:  # one decode and one inference at a time: memory stays that of one photo
-                    p = predictor.p_dog_one(load_image(data, predictor.image_size, max_pixels))
-            except TooLarge as exc:
-                return self._error(
-                    413, f"image decodes to {exc.pixels:,} pixels; the limit is {max_pixels:,}: send a smaller one"
-                )
-            except BadImage as exc:
-                return self._error(415, f"body is not a decodable image ({exc}); send a JPEG or PNG")
-            return self._reply(200, {"p_dog": round(p, 6), "label": "dog" if p >= 0.5 else "cat"})
-
-        def _method_not_allowed(self):
-            self._error(405, f"{self.command} is not supported; POST an image to /predict")
-
-        do_PUT = do_DELETE = do_PATCH = _method_not_allowed
-
-    return BoundedServer((host, port), Handler, max_connections)
-
-
-def run(*, model: str, host: str, port: int, max_bytes: int, max_pixels: int, timeout_s: float, max_connections: int):
-    server = make_server(model, host, port, max_bytes, max_pixels, timeout_s, max_connections)
-    log(f"serve: {model} on http://{host}:{server.server_address[1]}/predict (POST an image); Ctrl-C stops")
     try:
-        server.serve_forever()
+        from waitress.adjustments import Adjustments
+        from waitress.task import ThreadedTaskDispatcher
+    except ImportError:
+        raise UserError("serve needs waitress: pip install waitress") from None
+    app = make_app(
+        Predictor(model),
+        max_bytes=max_bytes,
+        max_pixels=max_pixels,
+        max_decode_bytes=max_decode_bytes,
+        max_connections=max_connections,
+    )
+    adj = Adjustments(
+        host=host,
+        port=port,
+        # One more worker than request slots, so a request past them is answered 503 at once.
+        threads=max_connections + 1,
+        connection_limit=CONNECTIONS_PER_SLOT * max_connections,
+        backlog=max(64, 2 * max_connections),
+        max_request_header_size=HEADER_BYTES,
+        max_request_body_size=max_bytes,
+        inbuf_overflow=BODY_IN_MEMORY,
+        # Silence this long closes a connection that never started a request; one that has is cut by the
+        # deadline first, with a 408.
+        channel_timeout=int(timeout_s) + 2,
+        cleanup_interval=1,
+        ident="dogs-vs-cats",
+        expose_tracebacks=False,
+    )
+    dispatcher = ThreadedTaskDispatcher()
+    dispatcher.set_thread_count(adj.threads)
+    server_class = _server_classes()
+    server = server_class(app, {}, dispatcher=dispatcher, adj=adj, sockinfo=adj.listen[0])
+    server.deadline = timeout_s
+    server.application = app
+    return server
+
+
+def run(
+    *,
+    model: str,
+    host: str,
+    port: int,
+    max_bytes: int,
+    max_pixels: int,
+    max_decode_bytes: int,
+    timeout_s: float,
+    max_connections: int,
+):
+    server = make_server(
+        model,
+        host,
+        port,
+        max_bytes=max_bytes,
+        max_pixels=max_pixels,
+        max_decode_bytes=max_decode_bytes,
+        timeout_s=timeout_s,
+        max_connections=max_connections,
+    )
+    log(f"serve: {model} on http://{host}:{server.effective_port}/predict (POST an image); Ctrl-C stops")
+    try:
+        server.run()
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
+        server.close()
+        server.task_dispatcher.shutdown()

@@ -29,10 +29,38 @@ from ..paths import RAW
 FILES = ("train.zip", "test.zip", "sample_submission.csv")
 
 
-def check_archive(path: Path) -> None:
-    """Refuse a truncated or corrupt zip: it must open and every member's CRC must match."""
+# What an archive may hold, checked from its directory before a byte is inflated: a member
+# that claims to inflate to gigabytes is refused at once. Python's zipfile never inflates past
+# a member's declared size, so the directory's figures bound the work. Kaggle's full train.zip,
+# the largest member of the competition zip, is well under the member cap.
+BUNDLE_LIMITS = {"member": 2 << 30, "total": 4 << 30}  # the competition zip: train.zip, test.zip, the csv
+PHOTO_LIMITS = {"member": 64 << 20, "total": 4 << 30}  # train.zip and test.zip: one photo a member
+
+
+def check_archive(path: Path, limits: dict = PHOTO_LIMITS) -> None:
+    """Refuse a truncated, corrupt or hostile zip: it must open, every member's name must stay inside
+    the folder, no member may claim more than limits["member"] bytes nor all of them more than
+    limits["total"], and every member's CRC must match."""
     try:
         with zipfile.ZipFile(path) as zf:
+            members = zf.infolist()
+            for m in members:
+                parts = Path(m.filename.replace("\\", "/")).parts
+                if m.filename.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+                    raise UserError(
+                        f"{path}: member {m.filename!r} would land outside its folder; refusing the archive"
+                    )
+                if m.file_size > limits["member"]:
+                    raise UserError(
+                        f"{path}: member {m.filename} claims {m.file_size:,} bytes inflated, over the "
+                        f"{limits['member']:,}-byte limit for one member; this is not a competition archive"
+                    )
+            total = sum(m.file_size for m in members)
+            if total > limits["total"]:
+                raise UserError(
+                    f"{path}: its members claim {total:,} bytes inflated, over the {limits['total']:,}-byte "
+                    "limit; this is not a competition archive"
+                )
             bad = zf.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise UserError(f"{path}: not a complete zip archive ({exc}); delete it and download again") from None
@@ -51,13 +79,21 @@ def _install(fill) -> None:
             check_archive(tmp / name)
         shutil.rmtree(RAW, ignore_errors=True)
         os.replace(tmp, RAW)
+    except OSError as exc:
+        if not _disk_full(exc):
+            raise
+        raise UserError(
+            f"no space left on the device holding {tmp}/ while unpacking "
+            f"({shutil.disk_usage(tmp.parent).free >> 20} MiB free); free some space and run again: "
+            f"nothing was installed in {RAW}/"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _extract_bundle(bundle: Path, dest: Path) -> None:
     """Stream the three files out of Kaggle's competition zip (they may sit in a subfolder)."""
-    check_archive(bundle)
+    check_archive(bundle, BUNDLE_LIMITS)
     with zipfile.ZipFile(bundle) as zf:
         by_base = {Path(n).name: n for n in zf.namelist() if not n.endswith("/")}
         missing = [f for f in FILES if f not in by_base]
