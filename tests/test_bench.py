@@ -106,3 +106,8 @@ def test_serve_load_sends_the_hostile_mix(project):
 def test_arm64_runs_its_steps_natively(project):
     r = bench("arm64.py", "--project", str(project), "--photos", "4", "--native")
     assert all(f["labels_equal"] for f in r["forms"].values())
+
+
+def test_archive_refuses_a_member_claiming_too_much():
+    r = bench("archive.py", "--gib", "2.5")
+    assert r["exit"] == 1 and r["said"] and not r["installed"] and not r["left_behind"]
