@@ -32,7 +32,17 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-from benchlib import BIN, StageMemory, bench_arguments, copy_project, machine, overrides, project_env, set_params  # noqa: E402
+from benchlib import (  # noqa: E402
+    BIN,
+    StageMemory,
+    bench_arguments,
+    copy_project,
+    machine,
+    overrides,
+    project_env,
+    set_params,
+    with_overrides,
+)
 from dogs_vs_cats import params as P  # noqa: E402
 from dogs_vs_cats.stages import STAGES  # noqa: E402
 
@@ -91,7 +101,8 @@ def main() -> int:
     ap.add_argument("--keep", type=Path, help="run in this folder and keep it")
     ap.add_argument("--as-is", action="store_true", help="the --shared folder's photos as they are, none reused")
     args = ap.parse_args()
-    split = P.load(ROOT / "params.yaml").split
+    # The split's sizes as the run will have them: params.yaml's, or what --set overrides.
+    split = P.from_dict(with_overrides(P.as_dict(P.load(ROOT / "params.yaml")), overrides(args.set))).split
     if args.as_is:
         with zipfile.ZipFile(args.shared / "train.zip") as z:
             args.train = sum(n.endswith(".jpg") for n in z.namelist())

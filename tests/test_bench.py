@@ -55,13 +55,15 @@ def shared(tmp_path_factory):
 
 
 def test_accuracy_runs_the_pipeline_and_scores_it(shared):
-    r = bench("accuracy.py", "--shared", str(shared), *TINY_SET, "--set=train.epochs=2")
+    quick = ["--set=train.epochs=2", "--set=export.calibration_images=8", "--set=export.latency_runs=2"]
+    r = bench("accuracy.py", "--shared", str(shared), *TINY_SET, *quick)
     assert 0 <= r["holdout_accuracy"] <= 1 and r["kaggle_log_loss"] is not None
     assert {"train", "evaluate", "export"} <= set(r["stages"])
 
 
 def test_memory_runs_every_stage(shared):
-    r = bench("memory.py", "--shared", str(shared), "--train", "1860", "--test", "6", "--size", "32")
+    args = ["--train", "60", "--test", "6", "--size", "32", "--set=split.n_val=10", "--set=split.n_holdout=10"]
+    r = bench("memory.py", "--shared", str(shared), *args, "--set=export.calibration_images=8")
     assert r["stages"]["train"]["peak_rss_mb"] > 0
 
 

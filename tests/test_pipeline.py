@@ -174,9 +174,9 @@ def test_metrics_show_is_a_few_columns_of_scores_and_no_timings(repro):
             yield from leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
 
     columns = {c for f in files.values() for c in leaves(f["data"])}
-    assert len(columns) == 11 and not any(w in c for c in columns for w in ("latency", "_s", "per_s", "wall"))
+    assert len(columns) == 9 and not any(w in c for c in columns for w in ("latency", "_s", "per_s", "wall"))
     table = dvc(["metrics", "show"], repro["project"], repro["env"]).stdout.splitlines()
-    assert len(table) == 5 and max(map(len, table)) <= 180, table  # a row per file, in a 180-column terminal
+    assert len(table) == 5 and max(map(len, table)) <= 160, table  # a row per file, in a 160-column terminal
 
 
 def test_the_trained_model_predicts_new_images(repro, tmp_path):
