@@ -3,7 +3,7 @@
 
 Builds a Debian arm64 root from Debian's packages (`mmdebstrap --variant=extract`, which needs
 no binfmt_misc), installs in it, with its own pip and from the package index, what the README
-tells a Pi user to install (ai-edge-litert, Pillow, numpy, PyYAML, then this project with
+tells a Pi user to install (ai-edge-litert, Pillow, numpy, PyYAML, waitress, then this project with
 `--no-deps`), runs `dogs-vs-cats predict` there under `qemu-aarch64-static` on the holdout
 photos with the float32, int8 and int4 files, and compares every answer with the same command
 run here. Emulation is for correctness, not speed: its times say nothing about a real Pi.
@@ -90,7 +90,7 @@ def build_root(root: Path, cpu: str) -> None:
         )
     )
     pip = ["-m", "pip", "install", "-q", "--break-system-packages", "--upgrade", "--target", str(root / "opt/pi")]
-    emulated(root, cpu, [*pip, "ai-edge-litert", "pillow", "numpy", "pyyaml"])
+    emulated(root, cpu, [*pip, "ai-edge-litert", "pillow", "numpy", "pyyaml", "waitress"])
     _install_wheel(root, cpu, ["--break-system-packages"])
 
 
