@@ -41,8 +41,8 @@ from benchlib import (  # noqa: E402
 
 def teacher_holdout(project: Path, env: dict, threshold: float) -> dict:
     """The teacher's own holdout scores, beside the student's that evaluate wrote, and how right it is
-    on the holdout photos it is `threshold` sure of: the best estimate of its pseudo-labels' accuracy
-    (the test photos' labels stay unread). Runs this file in the copy, on the copy's own code."""
+    on the holdout photos it is `threshold` sure of: the best estimate of how right the student's first
+    unlabelled targets are (the test photos' labels stay unread). Runs this file in the copy, on its own code."""
     out = subprocess.run(
         [sys.executable, __file__, "--score-teacher", str(threshold)],
         cwd=project,
@@ -61,10 +61,9 @@ def score_teacher(threshold: float) -> None:
     from dogs_vs_cats.common import scores
     from dogs_vs_cats.inference import Predictor, predict_records
     from dogs_vs_cats.paths import TEACHER, prepared
-    from dogs_vs_cats.stages.pseudolabel import choose
 
     p, y, _ = predict_records(Predictor(TEACHER), prepared("holdout"))
-    kept, label = choose(p, threshold)
+    kept, label = np.maximum(p, 1 - p) >= threshold, (p >= 0.5).astype(int)
     s = scores(p, y)
     print(
         json.dumps(
@@ -89,6 +88,7 @@ def main() -> int:
         help="with --keep (and the run's own --set list, not applied again): finish a stopped run in that "
         "folder; dvc repro runs only what is left, so memory and repro time cover only those stages",
     )
+    ap.add_argument("--note", default="", help="run conditions for the result file: alone or shared, and why")
     ap.add_argument("--score-teacher", type=float, metavar="THRESHOLD", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.score_teacher is not None:
@@ -130,10 +130,11 @@ def main() -> int:
     train = json.loads((project / "metrics/train.json").read_text())
     student = json.loads((project / "metrics/student.json").read_text())
     unlabelled = json.loads((project / "metrics/unlabelled.json").read_text())
-    threshold = yaml.safe_load((project / "params.yaml").read_text())["unlabelled"]["threshold"]
-    teacher = teacher_holdout(project, env, threshold) if student.get("used") else None
+    unlabelled_params = yaml.safe_load((project / "params.yaml").read_text())["unlabelled"]
+    teacher = teacher_holdout(project, env, unlabelled_params["threshold"]) if student.get("used") else None
     result = {
         "overrides": settings,
+        **({"note": args.note} if args.note else {}),
         "competition": str(args.shared),
         "holdout_accuracy": ev["holdout"]["accuracy"],
         "holdout_log_loss": ev["holdout"]["log_loss"],
@@ -145,7 +146,7 @@ def main() -> int:
         "model_bytes": train["model_bytes"],
         "train_wall_s": train["wall_s"] + student.get("wall_s", 0),
         "train_images_per_s": train["train_images_per_s"],
-        "unlabelled": unlabelled,
+        "unlabelled": {**unlabelled, **({"params": unlabelled_params} if student.get("used") else {})},
         "teacher": {"train_wall_s": train["wall_s"], **(teacher or {})} if teacher else None,
         "student": student,
         "precision": train["precision"],

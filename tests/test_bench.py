@@ -38,7 +38,7 @@ def bench(script: str, *args: str, cwd=ROOT, timeout: float = 600) -> dict:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A tiny project whose every stage has run: what the benches that read a project need."""
-    stages = ("download", "split", "prepare", "train", "pseudolabel", "student", "evaluate", "export")
+    stages = ("download", "split", "prepare", "train", "student", "evaluate", "export")
     return tiny_project(tmp_path_factory.mktemp("bench"), 6, stages, **{"train.epochs": 2})
 
 

@@ -209,10 +209,10 @@ def test_changing_a_training_param_does_not_rerun_download_split_or_prepare(repr
     set_params(p, **{"train.label_smoothing": SMALL.get("train.label_smoothing", 0.1)})
 
 
-def test_the_students_epochs_rerun_the_student_alone_and_the_threshold_the_pseudo_labels_too(repro):
+def test_an_unlabelled_setting_reruns_the_student_alone_never_the_teacher(repro):
     p, env = repro["project"], repro["env"]
     unlabelled = yaml.safe_load((p / "params.yaml").read_text())["unlabelled"]
-    for key, value, stages in (("epochs", 40, {"student"}), ("threshold", 0.95, {"pseudolabel", "student"})):
+    for key, value, stages in (("epochs", 7, {"student"}), ("threshold", 0.9, {"student"})):
         set_params(p, **{f"unlabelled.{key}": value})
         assert set(json.loads(dvc(["status", "--json"], p, env).stdout)) == stages, key
         set_params(p, **{f"unlabelled.{key}": unlabelled[key]})
@@ -236,11 +236,11 @@ def _edit_and_status(repro, rel: str) -> set[str]:
 def test_editing_code_reruns_exactly_the_stages_that_run_it(repro):
     assert json.loads(dvc(["status", "--json"], repro["project"], repro["env"]).stdout) == {}
     # The layers the saved model is made of: training builds them, every reader of the model runs them.
-    readers = {"pseudolabel", "evaluate", "submission", "export"}
+    readers = {"evaluate", "submission", "export"}
     assert _edit_and_status(repro, "src/dogs_vs_cats/layers.py") == {"train", "student"} | readers
     assert _edit_and_status(repro, "src/dogs_vs_cats/model.py") == {"train", "student"}
     assert _edit_and_status(repro, "src/dogs_vs_cats/trainer.py") == {"train", "student"}
-    assert _edit_and_status(repro, "src/dogs_vs_cats/stages/pseudolabel.py") == {"pseudolabel"}
+    assert _edit_and_status(repro, "src/dogs_vs_cats/consistency.py") == {"student"}
     assert _edit_and_status(repro, "src/dogs_vs_cats/images.py") == {"prepare"}
     assert _edit_and_status(repro, "src/dogs_vs_cats/params.py") == set(STAGES)
     assert _edit_and_status(repro, "src/dogs_vs_cats/stages/__init__.py") == set(STAGES)
@@ -493,7 +493,7 @@ def test_push_then_pull_restores_every_output(repro):
     p, env = repro["project"], repro["env"]
     pushed = dvc(["push"], p, env)
     assert pushed.returncode == 0, pushed.stderr
-    outputs = ["data/raw", "data/split", "data/prepared", "data/teacher", "data/pseudo", "data/model"]
+    outputs = ["data/raw", "data/split", "data/prepared", "data/teacher", "data/model"]
     outputs += ["data/submission.csv", "data/export"]
     before = {
         o: (p / o).stat().st_size if (p / o).is_file() else sorted(f.name for f in (p / o).iterdir()) for o in outputs

@@ -419,8 +419,8 @@ def test_prepare_killed_mid_way_leaves_no_store_and_the_next_run_writes_the_same
 
 def test_student_killed_mid_way_resumes_from_its_last_checkpoint(tmp_path):
     settings = {"train.epochs": 4, "unlabelled.enabled": True, "unlabelled.threshold": 0.5}
-    settings |= {"unlabelled.epochs": 5, "unlabelled.low_res_epochs": 0, "train.validation_freq": 5}
-    project = tiny_project(tmp_path, 16, ("download", "split", "prepare", "train", "pseudolabel"), **settings)
+    settings |= {"unlabelled.epochs": 5, "unlabelled.ratio": 2, "train.validation_freq": 5}
+    project = tiny_project(tmp_path, 16, ("download", "split", "prepare", "train"), **settings)
     state = project / "data/student_state/state.json"
 
     def past_two():

@@ -1,10 +1,12 @@
-"""Learning from the unlabelled test photos: what the teacher labels, what the student learns from,
-and that the model evaluate scores is the one the submission comes from."""
+"""Learning from the unlabelled test photos (FixMatch, consistency.py): what the student reads, that
+the photos change what it learns, that the threshold decides which teach, and that the model
+evaluate scores is the one the submission comes from."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,24 +14,84 @@ import pytest
 import yaml
 
 from dogs_vs_cats.params import ParamError, from_dict
-from dogs_vs_cats.stages.pseudolabel import choose
 from harness import run_cli, set_params, tiny_project
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
-def test_a_photo_is_kept_when_the_teacher_is_sure_either_way():
-    kept, label = choose(np.array([0.02, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95]), 0.9)
-    assert kept.tolist() == [True, True, False, False, False, True, True]
-    assert label.tolist() == [0, 0, 0, 1, 1, 1, 1]
+def test_a_test_photo_teaches_only_where_the_weak_view_is_past_the_threshold():
+    import tensorflow as tf
+
+    from dogs_vs_cats.consistency import consistency_loss
+
+    p_weak = tf.constant([[0.99, 0.01], [0.6, 0.4], [0.02, 0.98], [0.9, 0.1]])
+    p_strong = tf.constant([[0.7, 0.3], [0.2, 0.8], [0.5, 0.5], [0.4, 0.6]])
+    # Cross-entropy of each strong view against its weak view's class: cat, cat, dog, cat.
+    ce = -np.log([0.7, 0.2, 0.5, 0.4])
+    for threshold, mask in ((0.95, [1, 0, 1, 0]), (0.55, [1, 1, 1, 1])):
+        loss, got = consistency_loss(p_weak, p_strong, threshold)
+        assert got.numpy().tolist() == mask
+        assert loss.numpy() == pytest.approx(np.mean(ce * mask), rel=1e-5)
 
 
-def test_the_pseudolabel_stage_reads_no_validation_holdout_solution_or_labels_file():
-    deps = PIPELINE["pseudolabel"]["deps"]
+def test_the_weak_views_answer_is_a_target_not_something_the_loss_moves():
+    import tensorflow as tf
+
+    from dogs_vs_cats.consistency import consistency_loss
+
+    p_weak, p_strong = tf.Variable([[0.99, 0.01], [0.03, 0.97]]), tf.Variable([[0.7, 0.3], [0.4, 0.6]])
+    with tf.GradientTape() as tape:
+        loss, _ = consistency_loss(p_weak, p_strong, 0.95)
+    grad_weak, grad_strong = tape.gradient(loss, [p_weak, p_strong])
+    assert grad_weak is None and np.abs(grad_strong.numpy()).sum() > 0
+
+
+def test_the_strong_views_are_normalised_but_never_move_the_running_statistics():
+    import keras
+
+    from dogs_vs_cats.consistency import FixMatch
+    from dogs_vs_cats.model import from_params
+    from dogs_vs_cats.recipe import compile_for_training
+
+    t = from_dict({"train": {"precision": "float32"}}).train
+    keras.utils.set_random_seed(0)
+    graph = from_params(t, 32)
+    net = FixMatch(graph.inputs, graph.outputs, threshold=0.5)
+    compile_for_training(net, t, 1)
+    rng = np.random.default_rng(0)
+    labelled, weak = (rng.uniform(0, 255, (n, 32, 32, 3)).astype("float32") for n in (8, 16))
+    strong = np.full((16, 32, 32, 3), 255.0, "float32")  # as far from a photo as a strong view gets
+    statistics = net.running_statistics()
+    before = [v.numpy() for v in statistics]
+    net.train_step(((labelled, weak, strong), np.eye(2, dtype="float32")[[0, 1] * 4]))
+    after = [v.numpy() for v in statistics]
+    assert any(not np.allclose(a, b) for a, b in zip(after, before))  # they did move
+
+    # Moved exactly as the labelled batch alone moves them, with the step's new weights...
+    for v, value in zip(statistics, before):
+        v.assign(value)
+    net(labelled, training=True)
+    assert all(np.array_equal(v.numpy(), a) for v, a in zip(statistics, after))
+    # ...which the strong views, had they been let in, would have moved elsewhere.
+    for v, value in zip(statistics, before):
+        v.assign(value)
+    net(np.concatenate([labelled, strong]), training=True)
+    assert any(not np.allclose(v.numpy(), a) for v, a in zip(statistics, after))
+
+
+def test_the_student_reads_no_holdout_solution_or_split_file_and_validation_only_to_monitor():
+    deps = PIPELINE["student"]["deps"]
     data = [d for d in deps if d.startswith("data/")]
-    assert data == ["data/teacher", "data/prepared/train.tfrecord", "data/prepared/test.tfrecord"]
-    assert not any("solution" in d or "val" in d or "holdout" in d or "split" in d for d in deps)
+    assert data == [
+        "data/teacher",
+        "data/prepared/train.tfrecord",
+        "data/prepared/test.tfrecord",
+        "data/prepared/val.tfrecord",
+    ]
+    assert not any("solution" in d or "holdout" in d or "split" in d or "raw" in d for d in deps)
+    readme = (ROOT / "README.md").read_text()
+    assert "validation only to monitor training and fit the temperature" in " ".join(readme.split())
 
 
 def test_evaluate_submission_and_export_read_the_model_the_student_stage_writes():
@@ -40,18 +102,23 @@ def test_evaluate_submission_and_export_read_the_model_the_student_stage_writes(
 
 
 @pytest.mark.parametrize(
-    "unlabelled, words",
+    "raw, words",
     [
-        ({"threshold": 0.4}, "unlabelled.threshold = 0.4 is invalid"),
-        ({"threshold": 1.0}, "unlabelled.threshold = 1.0 is invalid"),
-        ({"enabled": True, "epochs": 3}, "unlabelled.epochs = 3 is invalid: expected more than train.warmup_epochs"),
-        ({"enabled": True, "epochs": 20, "low_res_epochs": 20}, "unlabelled.low_res_epochs = 20 is invalid"),
-        ({"enabled": "yes"}, "unlabelled.enabled = 'yes' is invalid: expected true or false"),
+        ({"unlabelled": {"threshold": 0.4}}, "unlabelled.threshold = 0.4 is invalid"),
+        ({"unlabelled": {"threshold": 1.0}}, "unlabelled.threshold = 1.0 is invalid"),
+        ({"unlabelled": {"ratio": 0}}, "unlabelled.ratio = 0 is invalid"),
+        ({"unlabelled": {"weight": 0}}, "unlabelled.weight = 0 is invalid"),
+        ({"unlabelled": {"cutout": 1.5}}, "unlabelled.cutout = 1.5 is invalid"),
+        ({"unlabelled": {"enabled": "yes"}}, "unlabelled.enabled = 'yes' is invalid: expected true or false"),
+        (
+            {"unlabelled": {"enabled": True}, "train": {"strategy": "mirrored"}},
+            "train.strategy = 'mirrored' is invalid with unlabelled.enabled",
+        ),
     ],
 )
-def test_bad_unlabelled_params_are_one_clear_line(unlabelled, words):
+def test_bad_unlabelled_params_are_one_clear_line(raw, words):
     with pytest.raises(ParamError, match=words.replace(".", r"\.").replace("(", r"\(")):
-        from_dict({"unlabelled": unlabelled})
+        from_dict(raw)
 
 
 @pytest.fixture
@@ -61,7 +128,8 @@ def tiny(tmp_path):
         "train.epochs": 4,
         "train.validation_freq": 2,
         "unlabelled.epochs": 3,
-        "unlabelled.threshold": 0.5,  # every test photo kept: the tiny teacher is rarely sure
+        "unlabelled.ratio": 2,
+        "unlabelled.threshold": 0.5,  # every test photo teaches: with two classes one is always >= 0.5
     }
     return tiny_project(tmp_path, 16, ("download", "split", "prepare", "train"), **settings)
 
@@ -71,77 +139,62 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _names_and_labels(path: Path, size: int = 32) -> list[tuple[str, int]]:
-    from dogs_vs_cats.records import read_records
+def _student(project: Path) -> tuple[list[np.ndarray], list[dict]]:
+    """(the student's weights, its epoch log) after running the stage. Weights, not the file's bytes:
+    a .keras file is a zip that stamps the time it was written."""
+    import keras
 
-    return [(n.decode(), int(y)) for _, y, n in read_records(path, size).as_numpy_iterator()]
+    import dogs_vs_cats.layers  # noqa: F401  (registers the saved model's own layers)
+
+    result = run_cli(["student"], project)
+    assert result.returncode == 0, result.stderr
+    weights = keras.models.load_model(project / "data/model/model.keras").get_weights()
+    return weights, _rows(project / "metrics/student_log.csv")
+
+
+def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
 @pytest.mark.slow
 def test_off_by_default_the_shipped_model_is_the_teacher_and_metrics_say_unused(tiny):
-    for stage in ("pseudolabel", "student"):
-        result = run_cli([stage], tiny)
-        assert result.returncode == 0, result.stderr
+    result = run_cli(["student"], tiny)
+    assert result.returncode == 0, result.stderr
     assert (tiny / "data/model/model.keras").read_bytes() == (tiny / "data/teacher/model.keras").read_bytes()
-    used = json.loads((tiny / "metrics/unlabelled.json").read_text())
-    assert used == {"test_photos": 0}
+    assert json.loads((tiny / "metrics/unlabelled.json").read_text()) == {"test_photos": 0}
     assert json.loads((tiny / "metrics/student.json").read_text())["used"] is False
-    assert _rows(tiny / "data/pseudo/labels.csv") == []
-    assert _names_and_labels(tiny / "data/pseudo/student.tfrecord") == []
+    assert _rows(tiny / "metrics/student_log.csv") == []
 
 
 @pytest.mark.slow
-def test_on_the_student_learns_the_teachers_labels_and_is_what_evaluate_and_submission_use(tiny):
+def test_on_the_student_learns_from_the_test_photos_and_is_what_evaluate_and_submission_use(tiny):
     from dogs_vs_cats.common import scores
     from dogs_vs_cats.inference import Predictor, predict_records
 
     set_params(tiny, **{"unlabelled.enabled": True})
     prepared = tiny / "data/prepared"
-    # Validation and holdout are moved away while the teacher labels: the stage must not need them.
-    aside = {k: prepared / f"{k}.tfrecord" for k in ("val", "holdout")}
-    for path in aside.values():
-        path.rename(path.with_suffix(".aside"))
-    # A solution file with every label wrong, where a careless stage might look for one.
+    # The holdout is moved away while the student trains, and a solution file with every label
+    # wrong is planted where a careless stage might look for one: the student needs neither.
+    holdout = prepared / "holdout.tfrecord"
+    holdout.rename(holdout.with_suffix(".aside"))
     solution = tiny / "data/raw/dogs-vs-cats-redux-kernels-edition.solution.csv"
     solution.write_text("id,label\n" + "".join(f"{i},{i % 2}\n" for i in range(1, 17)))
-    result = run_cli(["pseudolabel"], tiny)
-    assert result.returncode == 0, result.stderr
-    for path in aside.values():
-        path.with_suffix(".aside").rename(path)
+    model, log = _student(tiny)
+    holdout.with_suffix(".aside").rename(holdout)
 
-    # Every pseudo-label is the teacher's own answer, photo by photo.
-    p_teacher, test_labels, names = predict_records(
-        Predictor(tiny / "data/teacher/model.keras"), prepared / "test.tfrecord"
-    )
-    assert set(test_labels.tolist()) == {-1}  # the test store holds no labels to leak
-    rows = {r["name"]: r for r in _rows(tiny / "data/pseudo/labels.csv")}
-    assert sorted(rows) == sorted(names)
-    for name, p in zip(names, p_teacher):
-        assert int(rows[name]["label"]) == int(p >= 0.5)
-        assert abs(float(rows[name]["p_dog"]) - p) < 1e-5
-    used = json.loads((tiny / "metrics/unlabelled.json").read_text())
-    assert used == {"test_photos": sum(int(r["kept"]) for r in rows.values())} == {"test_photos": 16}
+    import keras
 
-    # The student's store: the labelled training photos, and the kept test photos with the teacher's labels.
-    store = _names_and_labels(tiny / "data/pseudo/student.tfrecord")
-    train = _names_and_labels(prepared / "train.tfrecord")
-    pseudo = [(n, y) for n, y in store if n.startswith("test/")]
-    assert sorted(set(store) - set(pseudo)) == sorted(train)
-    assert sorted(pseudo) == sorted((n, int(r["label"])) for n, r in rows.items())
-    assert [n for n, _ in store] != [n for n, _ in train + pseudo]  # shuffled together, not one after the other
+    assert not _same(model, keras.models.load_model(tiny / "data/teacher/model.keras").get_weights())
+    assert [float(r["past_threshold"]) for r in log] == [1.0, 1.0, 1.0]  # threshold 0.5: every photo teaches
+    assert json.loads((tiny / "metrics/unlabelled.json").read_text()) == {"test_photos": 16}
+    student = json.loads((tiny / "metrics/student.json").read_text())
+    assert student["used"] is True and student["epochs"] == 3 and student["test_photos"] == 16
 
-    for stage in ("student", "evaluate", "submission"):
+    for stage in ("evaluate", "submission"):
         result = run_cli([stage], tiny)
         assert result.returncode == 0, result.stderr
-    model = tiny / "data/model/model.keras"
-    assert model.read_bytes() != (tiny / "data/teacher/model.keras").read_bytes()
-    student = json.loads((tiny / "metrics/student.json").read_text())
-    assert student["used"] is True and student["epochs"] == 3 and student["pseudo_labelled"] == 16
-    assert len(_rows(tiny / "metrics/student_log.csv")) == 3
-
-    # evaluate scored, and the submission came from, the student's model.
-    predictor = Predictor(model)
-    p, y, _ = predict_records(predictor, prepared / "holdout.tfrecord")
+    predictor = Predictor(tiny / "data/model/model.keras")
+    p, y, _ = predict_records(predictor, holdout)
     assert json.loads((tiny / "metrics/eval.json").read_text())["holdout"]["log_loss"] == scores(p, y)["log_loss"]
     p_test, _, names = predict_records(predictor, prepared / "test.tfrecord")
     submitted = {int(r["id"]): float(r["label"]) for r in _rows(tiny / "data/submission.csv")}
@@ -149,24 +202,41 @@ def test_on_the_student_learns_the_teachers_labels_and_is_what_evaluate_and_subm
         assert abs(submitted[int(Path(name).stem)] - q) < 1e-5
 
 
-@pytest.mark.parametrize(
-    "rows, words",
-    [
-        (None, "data/pseudo/labels.csv: the test photos were not labelled; run `dvc repro pseudolabel`"),
-        ([], "data/pseudo/labels.csv: the test photos were not labelled; run `dvc repro pseudolabel`"),
-        (
-            [("1", "0.6", "1", "0"), ("2", "0.3", "0", "0")],
-            "data/pseudo/labels.csv: none of 2 test photos reached unlabelled.threshold = 0.9; lower it",
-        ),
-    ],
-)
-def test_the_student_refuses_to_train_without_pseudo_labels_in_one_line(tmp_path, monkeypatch, rows, words):
-    from dogs_vs_cats.common import UserError, write_csv
-    from dogs_vs_cats.stages import student
+@pytest.mark.slow
+def test_the_unlabelled_photos_change_what_is_learnt_and_the_same_pool_gives_the_same_model(tiny):
+    set_params(tiny, **{"unlabelled.enabled": True})
+    first, _ = _student(tiny)
+    again, _ = _student(tiny)
+    assert _same(again, first)  # seeded: the comparison below is the pool's doing, not chance's
+    test = tiny / "data/prepared/test.tfrecord"
+    shutil.copyfile(tiny / "data/prepared/holdout.tfrecord", test)  # other photos, as many
+    swapped, _ = _student(tiny)
+    assert not _same(swapped, first)
 
-    monkeypatch.chdir(tmp_path)
-    if rows is not None:
-        write_csv("data/pseudo/labels.csv", ["name", "p_dog", "label", "kept"], rows)
-    with pytest.raises(UserError) as error:
-        student.run(from_dict({"unlabelled": {"enabled": True}}))
-    assert str(error.value) == words
+
+@pytest.mark.slow
+def test_a_threshold_no_photo_reaches_teaches_nothing_and_says_so(tiny):
+    set_params(tiny, **{"unlabelled.enabled": True, "unlabelled.threshold": 0.9999999})
+    result = run_cli(["student"], tiny)
+    assert result.returncode == 0, result.stderr
+    assert [float(r["past_threshold"]) for r in _rows(tiny / "metrics/student_log.csv")] == [0.0, 0.0, 0.0]
+    assert (
+        "student: warning: no test photo passed unlabelled.threshold = 0.9999999 in any epoch, so the student "
+        "learnt from the labelled photos alone; lower the threshold"
+    ) in result.stderr
+
+
+@pytest.mark.slow
+def test_an_empty_pool_is_refused_in_one_line_and_nothing_is_trained(tiny):
+    import tensorflow as tf
+
+    set_params(tiny, **{"unlabelled.enabled": True})
+    teacher_copy = (tiny / "data/model/model.keras").exists()
+    with tf.io.TFRecordWriter(str(tiny / "data/prepared/test.tfrecord")):
+        pass
+    result = run_cli(["student"], tiny)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: data/prepared/test.tfrecord: holds no test photos to learn from; set unlabelled.enabled to false"
+    )
+    assert (tiny / "data/model/model.keras").exists() == teacher_copy

@@ -20,11 +20,13 @@ from .paths import Run, prepared
 from .records import read_records
 
 LOG_FIELDS = ["epoch", "accuracy", "loss", "log_loss", "learning_rate", "train_s"]
+# The student's share of unlabelled photos past the threshold (consistency.py): a column only where logged.
+OPTIONAL_FIELDS = ["past_threshold"]
 # Validated epochs only (train.validation_freq): a file of its own, since DVC's plots draw an
 # empty CSV cell as 0, not as a gap.
 VAL_FIELDS = ["epoch", "val_accuracy", "val_loss", "val_log_loss"]
 # What each epoch logs: Keras' training metrics, and on validated epochs those Validation adds.
-KERAS_LOGS = ("accuracy", "loss", "log_loss", "val_accuracy", "val_loss", "val_log_loss")
+KERAS_LOGS = ("accuracy", "loss", "log_loss", "past_threshold", "val_accuracy", "val_loss", "val_log_loss")
 
 
 class Validation:
@@ -165,7 +167,8 @@ class EpochState(keras.callbacks.Callback):
 
 def write_logs(run: Run, history: list[dict]) -> None:
     """The run's epoch log and its validated epochs' log (headers alone for no epochs)."""
-    write_csv(run.log, LOG_FIELDS, [[r.get(k, "") for k in LOG_FIELDS] for r in history])
+    fields = LOG_FIELDS + [k for k in OPTIONAL_FIELDS if any(k in r for r in history)]
+    write_csv(run.log, fields, [[r.get(k, "") for k in fields] for r in history])
     write_csv(run.val_log, VAL_FIELDS, [[r[k] for k in VAL_FIELDS] for r in history if "val_accuracy" in r])
 
 

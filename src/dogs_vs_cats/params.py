@@ -129,9 +129,14 @@ class Train:
 @dataclass(frozen=True)
 class Unlabelled:
     enabled: bool = setting(False, _FLAG)
-    threshold: float = setting(0.9, _between(0.5, 1, hi_open=True))
-    epochs: int = setting(30, _between(1, 10_000))
-    low_res_epochs: int = setting(22, _between(0, 10_000))
+    ratio: int = setting(4, _between(1, 64))
+    threshold: float = setting(0.95, _between(0.5, 1, hi_open=True))
+    weight: float = setting(1.0, _between(0, 100, lo_open=True))
+    epochs: int = setting(40, _between(1, 10_000))
+    learning_rate: float = setting(0.001, _between(0, 10, lo_open=True))
+    colour: float = setting(0.4, _between(0, 1, hi_open=True))
+    cutout: float = setting(0.5, _between(0, 1))
+    ema: float = setting(0.999, _off_or(lambda v: 0.9 <= v < 1, "a decay per step in [0.9, 1)"))
 
 
 @dataclass(frozen=True)
@@ -230,23 +235,29 @@ def from_dict(raw: Any) -> Params:
             f"train.epochs ({t.epochs}), so the last epochs train at prepare.image_size"
         )
     u = params.unlabelled
-    if u.enabled and t.warmup_epochs >= u.epochs and t.warmup_epochs > 0:
+    if u.enabled and t.strategy != "default":
         raise ParamError(
-            f"params.yaml: unlabelled.epochs = {u.epochs} is invalid: expected more than "
-            f"train.warmup_epochs ({t.warmup_epochs}), the student's warm-up too"
-        )
-    if u.enabled and t.low_res_size and u.low_res_epochs >= u.epochs:
-        raise ParamError(
-            f"params.yaml: unlabelled.low_res_epochs = {u.low_res_epochs} is invalid: expected fewer than "
-            f"unlabelled.epochs ({u.epochs}), so the student's last epochs train at prepare.image_size"
+            f"params.yaml: train.strategy = {t.strategy!r} is invalid with unlabelled.enabled: the student "
+            "trains on one device only; set train.strategy to default"
         )
     return params
 
 
 def student(params: Params) -> Params:
-    """The params the student trains with: the teacher's recipe, over `unlabelled`'s epochs."""
+    """The params the student trains with: the teacher's recipe, continued from the teacher's weights for
+    `unlabelled.epochs` at `prepare.image_size` (no small-image phase), a one-epoch warm-up to its own rate."""
     u = params.unlabelled
-    return replace(params, train=replace(params.train, epochs=u.epochs, low_res_epochs=u.low_res_epochs))
+    return replace(
+        params,
+        train=replace(
+            params.train,
+            epochs=u.epochs,
+            low_res_size=0,
+            learning_rate=u.learning_rate,
+            warmup_epochs=1 if u.epochs > 1 else 0,
+            ema=u.ema,
+        ),
+    )
 
 
 def load(path: str | Path = "params.yaml") -> Params:

@@ -15,9 +15,6 @@ SPLIT = Path("data/split")  # split: train.csv, val.csv, holdout.csv
 PREPARED = Path("data/prepared")  # prepare: one TFRecord file per set
 TEACHER_DIR = Path("data/teacher")  # train: the model learnt from the labelled photos alone
 TEACHER = TEACHER_DIR / "model.keras"
-PSEUDO = Path("data/pseudo")  # pseudolabel: the teacher's labels for the test photos, and the student's store
-PSEUDO_LABELS = PSEUDO / "labels.csv"
-STUDENT_RECORDS = PSEUDO / "student.tfrecord"  # labelled and confidently pseudo-labelled images, shuffled
 MODEL_DIR = Path("data/model")  # student: the model evaluate, submission and export read (the teacher's when off)
 MODEL = MODEL_DIR / "model.keras"
 SUBMISSION = Path("data/submission.csv")  # submission
@@ -54,7 +51,7 @@ def prepared(key: str) -> Path:
 
 @dataclass(frozen=True, kw_only=True)
 class Run:
-    """What one training run reads and writes: the train stage's teacher, or the student stage's model."""
+    """What one training run writes, and its labelled photos: the teacher's (train) or the student's."""
 
     stage: str
     source: Path  # the training images
@@ -76,7 +73,7 @@ TEACHER_RUN = Run(
 )
 STUDENT_RUN = Run(
     stage="student",
-    source=STUDENT_RECORDS,
+    source=prepared("train"),  # the labelled photos; the test photos come through its learner (consistency.py)
     model=MODEL,
     metrics=STUDENT_METRICS,
     log=STUDENT_LOG,

@@ -1,6 +1,6 @@
 """The prepared store: one TFRecord file per set, each record an image's raw uint8 pixels.
 
-`prepare` writes it, and `pseudolabel` the student's store; `train`, `student`, `evaluate`,
+`prepare` writes it; `train`, `student` (the test photos too), `evaluate`,
 `submission` and `export` stream it. The format lives here, apart from any stage, so a reader
 never imports the stage that wrote it.
 """

@@ -38,11 +38,36 @@ from .recipe import choose_precision, compile_for_training
 from .records import count_records
 
 
-def fingerprint(params: Params, run: Run) -> str:
-    """What a checkpoint must match to be resumed: train/prepare params and the training data."""
+class Supervised:
+    """How the teacher learns (a learner for `train`): the labelled photos of `run.source`, the compiled loss.
+
+    A learner says what a run reads besides validation (`inputs`) and which params sections shape
+    it (`sections`: both make the resume fingerprint), how many images make an
+    epoch, how its net is built and what stream feeds it; consistency.py has the student's.
+    """
+
+    def __init__(self, run: Run):
+        self.run, self.inputs, self.sections = run, (run.source,), ("train", "prepare")
+
+    def images(self, params: Params) -> int:
+        # Counted from the prepared file itself, so prepare's report (which holds a throughput) is no train input.
+        return count_records(self.run.source)
+
+    def steps(self, params: Params) -> int:
+        return math.ceil(self.images(params) / params.train.batch_size)
+
+    def build(self, params: Params, steps: int):
+        return build(params, steps)
+
+    def stream(self, params: Params, size: int):
+        return train_dataset(params, size, source=self.run.source)
+
+
+def fingerprint(params: Params, learner) -> str:
+    """What a checkpoint must match to be resumed: the learner's params and every file it learns from."""
     h = hashlib.sha256()
-    h.update(json.dumps([as_dict(params.train), as_dict(params.prepare)], sort_keys=True).encode())
-    for path in (run.source, prepared("val")):
+    h.update(json.dumps([as_dict(getattr(params, s)) for s in learner.sections], sort_keys=True).encode())
+    for path in (*learner.inputs, prepared("val")):
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
@@ -66,7 +91,7 @@ def phases(params: Params) -> list[tuple[int, int]]:
     return low + [(t.epochs, params.prepare.image_size)]
 
 
-def fit(params: Params, run: Run, net, strategy, steps: int, history: list, callbacks: list) -> None:
+def fit(params: Params, run: Run, learner, net, strategy, steps: int, history: list, callbacks: list) -> None:
     """Train every phase not yet done (a resumed run skips what its checkpoint holds)."""
     for until, size in phases(params):
         done = len(history)
@@ -77,7 +102,7 @@ def fit(params: Params, run: Run, net, strategy, steps: int, history: list, call
             continue
         net.fit(
             # shuffle=False: the stream shuffles itself, seeded; Keras' default would only warn that it is ignored.
-            train_dataset(params, size, source=run.source),
+            learner.stream(params, size),
             steps_per_epoch=steps,
             epochs=until,
             initial_epoch=done,
@@ -108,25 +133,26 @@ def ship(params: Params, net: keras.Model, path) -> None:
         shipped.save(tmp)
 
 
-def train(params: Params, run: Run, callbacks: tuple = (), extra: dict | None = None) -> None:
-    """Train, calibrate and ship one model as `run` says. `callbacks` are extra Keras callbacks for
-    every epoch (hooks for benchmarks); `extra` goes into the run's metrics file."""
+def train(params: Params, run: Run, callbacks: tuple = (), extra: dict | None = None, learner=None) -> list[dict]:
+    """Train, calibrate and ship one model as `run` says, the `learner`'s way (Supervised by default).
+    `callbacks` are extra Keras callbacks for every epoch (hooks for benchmarks); `extra` goes into
+    the run's metrics file. Returns the epoch log."""
     t = params.train
     keras.utils.set_random_seed(t.seed)
     precision = choose_precision(t.precision)
     keras.mixed_precision.set_global_policy(precision)
     strategy = choose_strategy(t.strategy)
-    # Counted from the prepared file itself, so prepare's report (which holds a throughput) is no train input.
-    n_train = count_records(run.source)
-    steps = math.ceil(n_train / t.batch_size)
-    fp = fingerprint(params, run)
+    learner = learner or Supervised(run)
+    n_train = learner.images(params)
+    steps = learner.steps(params)
+    fp = fingerprint(params, learner)
     plan = phases(params)
     # The average covers the last phase only: weights tuned to the small images would drag it back.
     average = WeightAverage(t.ema, start=plan[-2][0] + 1 if len(plan) > 1 else 1) if t.ema else None
     with strategy.scope():
         net, history = resume(run, fp, average)
         if net is None:
-            net = build(params, steps)  # a stale average from a refused checkpoint is harmless: update 0 copies
+            net = learner.build(params, steps)  # a stale average from a refused checkpoint is harmless: update 0 copies
     log(
         f"{run.stage}: {t.model} ({net.count_params():,} params, batch_norm={t.batch_norm}"
         f"{'' if t.batch_norm_expand else ' (squeezes only)'}, bypass={t.bypass}) on {n_train} images, "
@@ -139,7 +165,7 @@ def train(params: Params, run: Run, callbacks: tuple = (), extra: dict | None = 
     val_epochs = [e for e in range(1, t.epochs + 1) if e % t.validation_freq == 0 or e == t.epochs]
     epoch_state = EpochState(run, fp, history, Validation(params, val_epochs), average)
     start = time.monotonic()
-    fit(params, run, net, strategy, steps, history, [*([average] if average else []), epoch_state, *callbacks])
+    fit(params, run, learner, net, strategy, steps, history, [*([average] if average else []), epoch_state, *callbacks])
     wall = time.monotonic() - start
 
     final, temperature = calibrated(params, net.get_weights() if average is None else average.weights())
@@ -158,6 +184,7 @@ def train(params: Params, run: Run, callbacks: tuple = (), extra: dict | None = 
             "accuracy": last.get("accuracy"),
             "val_accuracy": last.get("val_accuracy"),
             "val_log_loss": last.get("val_log_loss"),
+            **({"past_threshold": last["past_threshold"]} if "past_threshold" in last else {}),
             "temperature": round(temperature, 4),
             "train_images_per_s": round(n_train / secs[len(secs) // 2], 1) if secs else None,
             "wall_s": round(wall, 1),
@@ -165,3 +192,4 @@ def train(params: Params, run: Run, callbacks: tuple = (), extra: dict | None = 
     )
     shutil.rmtree(run.state, ignore_errors=True)
     log(f"{run.stage}: done in {wall:.0f}s; temperature {temperature:.3f}; model in {run.model}")
+    return history

@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-STAGES = ("download", "split", "prepare", "train", "pseudolabel", "student", "evaluate", "submission", "export")
+STAGES = ("download", "split", "prepare", "train", "student", "evaluate", "submission", "export")
 # The stages that neither read nor write a model start without TensorFlow.
 WITHOUT_TENSORFLOW = ("download", "split")
 

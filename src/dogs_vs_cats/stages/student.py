@@ -1,50 +1,54 @@
 """Stage `student`: the model that `evaluate`, `submission` and `export` read (data/model).
 
-With `unlabelled` off it is the teacher itself, copied. With it on, a new SqueezeNet is
-trained from scratch, by the teacher's recipe (trainer.py) over `unlabelled.epochs`, on the
-labelled photos and the test photos `pseudolabel` labelled: a noisy student, since its
-augmentation and dropout see each pseudo-labelled photo in ways the teacher never did.
+With `unlabelled` off it is the teacher itself, copied. With it on, the teacher's net goes on
+learning, FixMatch-style (consistency.py), from the labelled photos and every one of the
+competition's test photos, whose labels it never reads: on each, its answer for a mirrored
+view teaches a strongly distorted view of the same photo, wherever it is sure enough.
+
+It reads the prepared training and test photos, the teacher, and validation, which only
+monitors and fits the temperature, as for the teacher: never the holdout, never a solution file.
 """
 
 from __future__ import annotations
 
-import csv
 import shutil
 
 from ..callbacks import write_logs
 from ..common import UserError, atomic_path, log, write_json
+from ..consistency import Consistency
 from ..params import Params, student
-from ..paths import MODEL, PSEUDO_LABELS, STUDENT_RUN, TEACHER
+from ..paths import MODEL, STUDENT_RUN, TEACHER, UNLABELLED_METRICS, prepared
+from ..records import count_records
 from ..trainer import train
 
 
 def run(params: Params, callbacks: tuple = ()) -> None:
     """The stage. `callbacks` are extra Keras callbacks for every epoch: hooks for benchmarks."""
+    if not TEACHER.is_file():
+        raise UserError(f"{TEACHER}: missing; run `dvc repro train` first")
     if not params.unlabelled.enabled:
-        if not TEACHER.is_file():
-            raise UserError(f"{TEACHER}: missing; run `dvc repro train` first")
         with atomic_path(MODEL, suffix=".keras") as tmp:
             shutil.copyfile(TEACHER, tmp)
         write_logs(STUDENT_RUN, [])
         write_json(STUDENT_RUN.metrics, {"used": False, "model": str(TEACHER)})
+        write_json(UNLABELLED_METRICS, {"test_photos": 0})
         log(f"student: unlabelled.enabled is false; {MODEL} is the teacher's model")
         return
-    train(student(params), STUDENT_RUN, callbacks, extra={"used": True, "pseudo_labelled": _kept(params)})
-
-
-def _kept(params: Params) -> int:
-    """How many test photos `pseudolabel` kept, from its own list (a dependency of this stage)."""
-    try:
-        with open(PSEUDO_LABELS, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
-        rows = []
-    if not rows:
-        raise UserError(f"{PSEUDO_LABELS}: the test photos were not labelled; run `dvc repro pseudolabel`")
-    kept = sum(r["kept"] == "1" for r in rows)
-    if not kept:
-        raise UserError(
-            f"{PSEUDO_LABELS}: none of {len(rows)} test photos reached unlabelled.threshold = "
-            f"{params.unlabelled.threshold}; lower it"
+    pool = count_records(prepared("test"))
+    if not pool:
+        raise UserError(f"{prepared('test')}: holds no test photos to learn from; set unlabelled.enabled to false")
+    u = params.unlabelled
+    # Written first: `dvc metrics show` says what the run is learning from while it trains.
+    write_json(UNLABELLED_METRICS, {"test_photos": pool})
+    log(
+        f"student: FixMatch from {TEACHER} on the labelled photos and {pool} test photos, {u.ratio} per labelled "
+        f"photo in each step, threshold {u.threshold}, weight {u.weight}"
+    )
+    history = train(
+        student(params), STUDENT_RUN, callbacks, extra={"used": True, "test_photos": pool}, learner=Consistency(TEACHER)
+    )
+    if history and not any(r.get("past_threshold") for r in history):
+        log(
+            f"student: warning: no test photo passed unlabelled.threshold = {u.threshold} in any epoch, so the "
+            "student learnt from the labelled photos alone; lower the threshold"
         )
-    return kept
