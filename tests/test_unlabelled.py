@@ -80,6 +80,16 @@ def test_the_strong_views_are_normalised_but_never_move_the_running_statistics()
     assert any(not np.allclose(v.numpy(), a) for v, a in zip(statistics, after))
 
 
+def test_the_students_warm_up_is_an_epoch_or_enough_epochs_to_make_sixty_steps():
+    from dogs_vs_cats.consistency import MIN_WARMUP_STEPS, warmup_epochs
+
+    assert MIN_WARMUP_STEPS == 60
+    assert warmup_epochs(30, 63) == 1  # 8,000 test photos, 128 a step
+    assert warmup_epochs(30, 4) == 15  # 500 test photos: 60 steps
+    assert warmup_epochs(10, 4) == 9  # never the whole run: the last epoch decays
+    assert warmup_epochs(1, 4) == 0
+
+
 def test_the_student_reads_no_holdout_solution_or_split_file_and_validation_only_to_monitor():
     deps = PIPELINE["student"]["deps"]
     data = [d for d in deps if d.startswith("data/")]
