@@ -54,11 +54,28 @@ def shared(tmp_path_factory):
     return folder
 
 
-def test_accuracy_runs_the_pipeline_and_scores_it(shared):
+def test_accuracy_runs_the_pipeline_and_scores_it_and_a_student_is_added_without_a_new_teacher(shared, tmp_path):
     quick = ["--set=train.epochs=2", "--set=export.calibration_images=8", "--set=export.latency_runs=2"]
-    r = bench("accuracy.py", "--shared", str(shared), *TINY_SET, *quick)
+    r = bench("accuracy.py", "--shared", str(shared), "--keep", str(tmp_path), *TINY_SET, *quick)
     assert 0 <= r["holdout_accuracy"] <= 1 and r["kaggle_log_loss"] is not None
     assert {"train", "evaluate", "export"} <= set(r["stages"])
+
+    # add_student.sh carries the kept run's own settings over only as far as its seed: give the tiny ones again.
+    tiny = [f"{k}={v}" for k, v in TINY.items()] + ["train.epochs=2", "export.calibration_images=8"]
+    tiny += ["export.latency_runs=2", "unlabelled.epochs=2", "unlabelled.ratio=1"]
+    result = subprocess.run(
+        ["bash", str(ROOT / "bench/add_student.sh"), str(tmp_path), "a smoke run", *tiny],
+        cwd=ROOT,
+        env={**project_env(), "SHARED": str(shared / COMPETITION)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    s = json.JSONDecoder().raw_decode(result.stdout[result.stdout.index("{") :])[0]
+    assert s["student"]["used"] and s["unlabelled"]["test_photos"] == 6 and s["resumed"]
+    assert "train" not in s["stages"] and {"student", "evaluate"} <= set(s["stages"])  # the teacher was kept
+    assert s["teacher"]["train_wall_s"] == r["train_wall_s"]
 
 
 def test_memory_runs_every_stage(shared):
