@@ -216,3 +216,20 @@ def test_the_unlabelled_record_is_its_result_files_and_the_readme_quotes_its_fix
                 assert result["unlabelled"]["params"]["weight"] < 1e-3, name
         assert kaggle == f"{result['kaggle_log_loss']:.3f}", name
         assert training.startswith(_teacher_and_student(result)), name
+
+
+def test_the_readmes_unlabelled_sentence_is_its_result_files():
+    text = " ".join(README.split())
+    found = re.search(
+        r"seed 42's student matches its teacher's holdout accuracy and lowers its log loss by (\d\.\d+), "
+        r"at (\d\.\d+) times the teacher's training time in all",
+        text,
+    )
+    assert found, "the README's unlabelled sentence has changed: update this test with it"
+    r = _load("bench/results/accuracy-fixmatch-kaggle-large-seed42.json")
+    assert r["holdout_accuracy"] == r["teacher"]["holdout_accuracy"]
+    assert float(found.group(1)) == round(r["teacher"]["holdout_log_loss"] - r["holdout_log_loss"], 3)
+    assert float(found.group(2)) == round(r["train_wall_s"] / r["teacher"]["train_wall_s"], 2)
+    small = _load("bench/results/accuracy-fixmatch-kaggle-seed42.json")  # "worse than its teacher"
+    assert small["holdout_accuracy"] < small["teacher"]["holdout_accuracy"]
+    assert small["holdout_log_loss"] > small["teacher"]["holdout_log_loss"]
