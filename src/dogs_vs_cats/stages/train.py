@@ -1,7 +1,7 @@
 """Stage `train`: SqueezeNet from scratch on the prepared, labelled training photos.
 
 Its model is the teacher: the `student` stage ships it as it is (data/model) unless
-`unlabelled` is on, and `pseudolabel` labels the test photos with it. How a model is
+`unlabelled` is on, and then trains it on, on the test photos too. How a model is
 trained is in trainer.py, which the student stage uses too.
 """
 
