@@ -26,7 +26,7 @@ from .inputs import augmenter, train_dataset
 from .model import from_params
 from .params import Augment, Params
 from .paths import prepared
-from .records import count_records, read_records
+from .records import read_records
 
 
 def consistency_loss(p_weak, p_strong, threshold: float):
@@ -149,14 +149,15 @@ def cutout(x, fraction: float, seed):
 class Consistency:
     """How the `student` stage trains (trainer.train's learner): FixMatch, from the teacher's weights."""
 
-    def __init__(self, teacher: Path, unlabelled: Path | None = None):
-        self.teacher, self.unlabelled = teacher, unlabelled or prepared("test")
+    def __init__(self, teacher: Path, pool: int):
+        """`pool`: how many photos `prepared("test")` holds, as the stage counted them (counting reads the file)."""
+        self.teacher, self.pool, self.unlabelled = teacher, pool, prepared("test")
         self.inputs = (prepared("train"), self.unlabelled, teacher)
         self.sections = ("train", "prepare", "unlabelled")
 
     def images(self, params: Params) -> int:
         """Unlabelled photos per epoch: an epoch is one pass over the pool."""
-        return count_records(self.unlabelled)
+        return self.pool
 
     def steps(self, params: Params) -> int:
         return math.ceil(self.images(params) / (params.unlabelled.ratio * params.train.batch_size))

@@ -44,9 +44,8 @@ def run(params: Params, callbacks: tuple = ()) -> None:
         f"student: FixMatch from {TEACHER} on the labelled photos and {pool} test photos, {u.ratio} per labelled "
         f"photo in each step, threshold {u.threshold}, weight {u.weight}"
     )
-    history = train(
-        student(params), STUDENT_RUN, callbacks, extra={"used": True, "test_photos": pool}, learner=Consistency(TEACHER)
-    )
+    extra = {"used": True, "test_photos": pool}
+    history = train(student(params), STUDENT_RUN, callbacks, extra=extra, learner=Consistency(TEACHER, pool))
     if history and not any(r.get("past_threshold") for r in history):
         log(
             f"student: warning: no test photo passed unlabelled.threshold = {u.threshold} in any epoch, so the "
