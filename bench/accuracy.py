@@ -60,9 +60,10 @@ def score_teacher(threshold: float) -> None:
 
     from dogs_vs_cats.common import scores
     from dogs_vs_cats.inference import Predictor, predict_records
-    from dogs_vs_cats.paths import TEACHER, prepared
+    from dogs_vs_cats.params import load
+    from dogs_vs_cats.paths import Member, prepared
 
-    p, y, _ = predict_records(Predictor(TEACHER), prepared("holdout"))
+    p, y, _ = predict_records(Predictor(Member(load().ensemble.seeds[0]).teacher), prepared("holdout"))
     kept, label = np.maximum(p, 1 - p) >= threshold, (p >= 0.5).astype(int)
     s = scores(p, y)
     print(
@@ -75,6 +76,52 @@ def score_teacher(threshold: float) -> None:
             }
         )
     )
+
+
+def edge_submission(out: str) -> None:
+    """In a project: the edge net's own submission file, as the submission stage writes the ensemble's."""
+    import numpy as np
+
+    from dogs_vs_cats.common import write_csv
+    from dogs_vs_cats.inference import Predictor, predict_records
+    from dogs_vs_cats.params import load
+    from dogs_vs_cats.paths import EDGE_MODEL, RAW, prepared
+    from dogs_vs_cats.submission_file import read_ids
+
+    p, _, names = predict_records(Predictor(EDGE_MODEL), prepared("test"))
+    by_id = {int(Path(n).stem): float(x) for n, x in zip(names, p)}
+    clip = load().submission.clip
+    rows = [
+        (i, f"{np.clip(by_id.get(i, 0.5), clip, 1 - clip):.6f}")
+        for i in sorted(read_ids(RAW / "sample_submission.csv"))
+    ]
+    write_csv(out, ["id", "label"], rows)
+
+
+def submit(project: Path, env: dict, file: str) -> float | None:
+    """Upload `file` to the fake Kaggle server with the real client; its public log loss, or None."""
+    out = subprocess.run(
+        [str(BIN / "dogs-vs-cats"), "submit", "--file", file, "--message", "bench/accuracy"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    score = re.search(r"public score \(log loss\): ([0-9.]+)", out.stdout)
+    return float(score.group(1)) if score else None
+
+
+def member_reports(project: Path, seeds: list[int]) -> dict:
+    """Each member's training reports: its teacher's and its student's."""
+    out = {}
+    for seed in seeds:
+        folder = project / "metrics/members" / str(seed)
+        out[str(seed)] = {
+            "train": json.loads((folder / "train.json").read_text()),
+            "student": json.loads((folder / "student.json").read_text()),
+            "unlabelled": json.loads((folder / "unlabelled.json").read_text()),
+        }
+    return out
 
 
 def main() -> int:
@@ -90,9 +137,13 @@ def main() -> int:
     )
     ap.add_argument("--note", default="", help="run conditions for the result file: alone or shared, and why")
     ap.add_argument("--score-teacher", type=float, metavar="THRESHOLD", help=argparse.SUPPRESS)
+    ap.add_argument("--edge-submission", metavar="FILE", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.score_teacher is not None:
         score_teacher(args.score_teacher)
+        return 0
+    if args.edge_submission:
+        edge_submission(args.edge_submission)
         return 0
     if args.resume and not (args.keep and (args.keep / "project").is_dir()):
         ap.error("--resume needs --keep DIR of an earlier run (DIR/project)")
@@ -118,20 +169,26 @@ def main() -> int:
         if repro.returncode != 0:
             print(f"bench/accuracy: dvc repro failed (exit {repro.returncode}); stages: {stages}", file=sys.stderr)
             return 1
-        submit = subprocess.run(
-            [str(BIN / "dogs-vs-cats"), "submit", "--message", "bench/accuracy"],
-            cwd=project,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-    score = re.search(r"public score \(log loss\): ([0-9.]+)", submit.stdout)
+        kaggle = submit(project, env, "data/submission.csv")
+        seeds = yaml.safe_load((project / "params.yaml").read_text())["ensemble"]["seeds"]
+        edge_kaggle = None
+        if len(seeds) > 1:
+            subprocess.run(
+                [sys.executable, __file__, "--edge-submission", "data/edge_submission.csv"],
+                cwd=project,
+                env=env,
+                check=True,
+            )
+            edge_kaggle = submit(project, env, "data/edge_submission.csv")
     ev = json.loads((project / "metrics/eval.json").read_text())
-    train = json.loads((project / "metrics/train.json").read_text())
-    student = json.loads((project / "metrics/student.json").read_text())
-    unlabelled = json.loads((project / "metrics/unlabelled.json").read_text())
+    members = member_reports(project, seeds)
+    first = members[str(seeds[0])]
+    train, student, unlabelled = first["train"], first["student"], first["unlabelled"]
     unlabelled_params = yaml.safe_load((project / "params.yaml").read_text())["unlabelled"]
     teacher = teacher_holdout(project, env, unlabelled_params["threshold"]) if student.get("used") else None
+    ensemble = json.loads((project / "metrics/ensemble.json").read_text())
+    edge = json.loads((project / "metrics/export_forms.json").read_text())["keras"]
+    train_wall = sum(m["train"]["wall_s"] + m["student"].get("wall_s", 0) for m in members.values())
     result = {
         "overrides": settings,
         **({"note": args.note} if args.note else {}),
@@ -141,15 +198,38 @@ def main() -> int:
         "holdout_roc_auc": ev["holdout"]["roc_auc"],
         "val_accuracy": ev["val"]["accuracy"],
         "val_log_loss": ev["val"]["log_loss"],
-        "kaggle_log_loss": float(score.group(1)) if score else None,
+        "kaggle_log_loss": kaggle,
         "model_params": train["params"],
         "model_bytes": train["model_bytes"],
-        "train_wall_s": train["wall_s"] + student.get("wall_s", 0),
+        "train_wall_s": round(train_wall, 1),
         "train_images_per_s": train["train_images_per_s"],
         "unlabelled": {**unlabelled, **({"params": unlabelled_params} if student.get("used") else {})},
         "teacher": {"train_wall_s": train["wall_s"], **(teacher or {})} if teacher else None,
         "student": student,
         "precision": train["precision"],
+        **(
+            {
+                "members": {
+                    s: {
+                        "holdout": ev["members"][s],
+                        "val": ensemble["val"][s],
+                        "train_wall_s": m["train"]["wall_s"] + m["student"].get("wall_s", 0),
+                    }
+                    for s, m in members.items()
+                },
+                "spread": ev["spread"],
+                "ensemble": {k: ensemble[k] for k in ("temperature", "val_ensemble", "edge")},
+                "edge": {
+                    "seed": ensemble["edge"],
+                    "holdout_accuracy": edge["accuracy"],
+                    "holdout_log_loss": edge["log_loss"],
+                    "kaggle_log_loss": edge_kaggle,
+                    "model_bytes": edge["bytes"],
+                },
+            }
+            if len(seeds) > 1
+            else {}
+        ),
         "repro_wall_s": round(wall, 1),
         "resumed": args.resume,
         "machine": machine(),

@@ -11,7 +11,7 @@ holdout accuracy and log loss for each, and writes every step's end time to
 `step_times.csv` beside the project (what a slow epoch spends its time on).
 
     .venv/bin/python bench/averaging.py DIR/project --decays 0 0.99 0.995 0.998 0.999
-    .venv/bin/python bench/averaging --steps DIR/step_times.csv DIR/project/metrics/train_log.csv
+    .venv/bin/python bench/averaging --steps DIR/step_times.csv DIR/project/metrics/members/42/train_log.csv
 """
 
 from __future__ import annotations
@@ -127,7 +127,9 @@ def main() -> int:
     with open(project.parent / "step_times.csv", "w", newline="") as f:
         csv.writer(f).writerows([("epoch", "step", "t")] + [(e, s, f"{t:.3f}") for e, s, t in steps])
     print(
-        json.dumps({"steps": summarize_steps(project.parent / "step_times.csv", project / "metrics/train_log.csv")}),
+        json.dumps(
+            {"steps": summarize_steps(project.parent / "step_times.csv", project / "metrics/members/42/train_log.csv")}
+        ),
         flush=True,
     )
 

@@ -258,7 +258,8 @@ class StageMemory:
         # `python -m dogs_vs_cats.stages STAGE` (what dvc.yaml runs) or `dogs-vs-cats STAGE`.
         for i, arg in enumerate(argv[:-1]):
             if (arg == "dogs_vs_cats.stages" or Path(arg).name == "dogs-vs-cats") and argv[i + 1] in self.stages:
-                return argv[i + 1]
+                seed = argv[argv.index("--seed") + 1] if "--seed" in argv[:-1] else None
+                return argv[i + 1] + (f"@{seed}" if seed else "")  # one entry per member, as dvc names them
         return None
 
     def _sample(self):

@@ -87,12 +87,12 @@ def main() -> int:
         wall_workers = _train(workers, env, cluster)
 
         def figures(folder: Path, wall: float) -> dict:
-            m = json.loads((folder / "metrics/train.json").read_text())
+            m = json.loads((folder / "metrics/members/42/train.json").read_text())
             return {k: m[k] for k in ("val_accuracy", "val_log_loss", "accuracy", "precision")} | {
                 "wall_s": round(wall, 1)
             }
 
-        weights = [keras.models.load_model(f / "data/teacher/model.keras").get_weights() for f in workers]
+        weights = [keras.models.load_model(f / "data/members/42/teacher/model.keras").get_weights() for f in workers]
         same = all(np.array_equal(a, b) for other in weights[1:] for a, b in zip(weights[0], other))
         result = {
             "machine": machine(),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Quantisation: where an integer file's bytes go, and each way of putting the weights in 4 bits.
 
-Takes a project folder whose `dvc repro` has run (its data/model, prepared train and holdout
+Takes a project folder whose `dvc repro` has run (its edge net data/model/edge.keras, prepared train and holdout
 photos), converts the model to float32 TFLite as the export stage does, then quantises it with
 ai-edge-quantizer in every combination of:
 - the range each channel's 4 bits cover: min-max, MSE or OCTAV (clipped to minimise the error);
@@ -71,7 +71,8 @@ def main() -> int:
     from dogs_vs_cats import layers as _custom_objects  # noqa: F401  (registers the saved model's layers)
     from dogs_vs_cats import params as P
     from dogs_vs_cats.inference import Predictor, predict_records
-    from dogs_vs_cats.paths import MODEL, prepared
+    from dogs_vs_cats.paths import EDGE_MODEL as MODEL
+    from dogs_vs_cats.paths import prepared
     from dogs_vs_cats.records import read_records
     from dogs_vs_cats.stages.export import compact, converter_output, latency_ms, quantize_int4
 

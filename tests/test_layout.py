@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from dogs_vs_cats import paths
-from dogs_vs_cats.stages import STAGES
+from dogs_vs_cats.stages import MEMBER_STAGES, STAGES
 from harness import ROOT
 
 PACKAGE = ROOT / "src" / "dogs_vs_cats"
@@ -59,16 +59,24 @@ def _name(module: str) -> str:
     return str(_file(module).relative_to(ROOT)) if module else "src/dogs_vs_cats/__init__.py"
 
 
+def _specs():
+    """(name, definition) of every stage; a member's stage (foreach over the seeds) by its `do` block."""
+    for stage, spec in PIPELINE.items():
+        yield stage, spec.get("do", spec)
+
+
 def test_each_stage_is_the_module_its_dvc_yaml_name_says():
     assert list(PIPELINE) == list(STAGES)
     assert {p.stem for p in (PACKAGE / "stages").glob("*.py")} == set(STAGES) | {"__init__", "__main__"}
-    for stage, spec in PIPELINE.items():
-        assert spec["cmd"] == f"python -m dogs_vs_cats.stages {stage}"
+    for stage, spec in _specs():
+        member = stage in MEMBER_STAGES
+        assert PIPELINE[stage].get("foreach") == ("${ensemble.seeds}" if member else None), stage
+        assert spec["cmd"] == f"python -m dogs_vs_cats.stages {stage}" + (" --seed ${item}" if member else "")
         assert spec["deps"][0] == f"src/dogs_vs_cats/stages/{stage}.py", stage
 
 
 def test_every_stage_lists_exactly_the_source_files_it_runs():
-    for stage, spec in PIPELINE.items():
+    for stage, spec in _specs():
         listed = {d for d in spec["deps"] if d.startswith("src/")}
         assert listed == {_name(m) for m in _runs(f"stages.{stage}") | _runs("stages.__main__")}, stage
         assert all((ROOT / d).is_file() for d in listed)
@@ -98,13 +106,19 @@ def test_the_benches_never_import_the_tests():
 
 def test_dvc_yaml_outputs_are_the_paths_the_code_writes():
     declared = set()
-    for spec in PIPELINE.values():
+    for _, spec in _specs():
         for entry in spec.get("outs", []) + spec.get("metrics", []):
             declared.add(next(iter(entry)) if isinstance(entry, dict) else entry)
     written = {str(v) for k, v in vars(paths).items() if k.isupper() and isinstance(v, Path)}
     written |= {str(v) for v in paths.FORM_METRICS.values()}
-    inside = {paths.MODEL, paths.TEACHER}  # files in declared folders
+    # A member's files, as dvc.yaml's foreach names them: the seed is ${item}.
+    member = paths.Member("${item}")
+    runs = (member.teacher_run, member.student_run)
+    written |= {str(p) for r in runs for p in (r.metrics, r.log, r.val_log)} | {str(member.unlabelled)}
+    written |= {str(member.teacher.parent), str(member.model.parent)}
+    inside = {paths.MODEL, paths.EDGE_MODEL, paths.MEMBERS, paths.MEMBER_METRICS}  # in declared folders
     working = {paths.DOWNLOAD_STAGING, paths.TRAIN_STATE, paths.STUDENT_STATE}
     stage_outputs = written - {str(v) for v in inside | working}
     assert declared == stage_outputs
-    assert paths.MODEL.parent == paths.MODEL_DIR
+    assert paths.MODEL.parent == paths.EDGE_MODEL.parent == paths.MODEL_DIR
+    assert all(r.state.parent in (paths.TRAIN_STATE, paths.STUDENT_STATE) for r in runs)

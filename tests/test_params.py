@@ -126,6 +126,7 @@ def test_fuzz_any_value_gives_a_valid_config_or_one_clean_error(key, value):
         node = params
         for part in key.split("."):
             node = getattr(node, part)
+        node = list(node) if isinstance(node, tuple) else node  # the seeds: a YAML list, kept as a tuple
         assert node == value and type(node) in (type(value), float, int)
 
 
@@ -147,6 +148,8 @@ def _leaves(cls, prefix=""):
     for f in fields(cls):
         default = f.default_factory() if f.default_factory is not MISSING else f.default
         key = f"{prefix}{f.name}"
+        if "per_member" in f.metadata:  # set from another key (train.seed from ensemble.seeds), not a key itself
+            continue
         yield from _leaves(type(default), key + ".") if is_dataclass(default) else [(key, f)]
 
 
@@ -165,12 +168,42 @@ def test_every_rule_is_the_one_its_field_applies():
         check, accepted = f.metadata["rule"]
         if accepted == "true or false":
             continue
-        candidates = (-1, 10**9, -0.5, 2.0, 1e9, "no such value", " ", "a/b")
+        candidates = (-1, 10**9, -0.5, 2.0, 1e9, "no such value", " ", "a/b", (), (1, 1))
         bad = next(v for v in candidates if type(v) is type(f.default) and not check(v))
+        raw = list(bad) if isinstance(bad, tuple) else bad  # a tuple setting is a list in YAML
         with pytest.raises(P.ParamError, match=f"{key} = .* is invalid: expected {re.escape(accepted)}"):
-            P.from_dict(with_value(key, bad))
+            P.from_dict(with_value(key, raw))
 
 
 def _flat(d, prefix=""):
     for k, v in d.items():
         yield from _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+
+
+@pytest.mark.parametrize(
+    "seeds, words",
+    [
+        ([], "ensemble.seeds = [] is invalid: expected a list of 1 to 64 different training seeds"),
+        ([42, 42], "ensemble.seeds = [42, 42] is invalid: expected a list of 1 to 64 different"),
+        ([-1], "ensemble.seeds = [-1] is invalid"),
+        (42, "ensemble.seeds = 42 is invalid: expected a list of whole numbers, such as [42, 7]"),
+        ([42, "7"], "ensemble.seeds = [42, '7'] is invalid: expected a list of whole numbers"),
+        ([True], "ensemble.seeds = [True] is invalid: expected a list of whole numbers"),
+    ],
+)
+def test_the_ensemble_seeds_must_be_a_list_of_different_whole_numbers(seeds, words):
+    with pytest.raises(P.ParamError, match=re.escape(words)):
+        P.from_dict({"ensemble": {"seeds": seeds}})
+
+
+def test_each_member_trains_with_its_own_seed_and_train_seed_is_no_key_of_its_own():
+    params = P.from_dict({"ensemble": {"seeds": [7, 42, 1]}})
+    assert params.train.seed == 7  # what a stage that is no member's sees: the first member's
+    assert [P.for_member(params, s).train.seed for s in (7, 42, 1)] == [7, 42, 1]
+    assert P.for_member(params, 1).train == P.replace(params.train, seed=1)  # nothing else differs
+    with pytest.raises(P.ParamError, match=re.escape("ensemble.seeds = [7, 42, 1] has no member 5; add it there")):
+        P.for_member(params, 5)
+    with pytest.raises(
+        P.ParamError, match=re.escape("train.seed is set per ensemble member; list the seeds in ensemble.seeds")
+    ):
+        P.from_dict({"train": {"seed": 7}})

@@ -11,7 +11,7 @@ import zipfile
 import pytest
 import yaml
 
-from dogs_vs_cats.stages import STAGES
+from dogs_vs_cats.stages import MEMBER_STAGES, STAGES
 from dogs_vs_cats.submission_file import check
 from harness import (
     BIN,
@@ -38,6 +38,11 @@ SMALL = {
     "train.low_res_size": 48,
     "train.low_res_epochs": 1,  # progressive resizing, as by default
 }
+
+
+# The stages as dvc names them with the default's one member (seed 42): train@42, student@42.
+NAMED = [f"{s}@42" if s in MEMBER_STAGES else s for s in STAGES]
+MEMBER = {"train@42", "student@42"}
 
 
 def dvc(args, cwd, env, timeout=900):
@@ -72,7 +77,7 @@ def repro(tmp_path_factory):
 def test_repro_runs_every_stage_against_the_fake_kaggle(repro):
     first = repro["first"]
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    for stage in STAGES:
+    for stage in NAMED:
         assert f"Running stage '{stage}'" in first.stdout
     assert "/v1/competitions.CompetitionApiService/DownloadDataFiles" in repro["requests"]
 
@@ -90,10 +95,10 @@ def test_stage_outputs_exist_and_make_sense(repro):
     assert prepared["images"] == {"train": 100, "val": 40, "holdout": 40, "test": 500}
     assert (p / "data/prepared/train.tfrecord").stat().st_size > 100 * 64 * 64 * 3
 
-    log_rows = list(csv.DictReader(open(p / "metrics/train_log.csv")))
+    log_rows = list(csv.DictReader(open(p / "metrics/members/42/train_log.csv")))
     assert [int(r["epoch"]) for r in log_rows] == [1, 2]
     # Validation every train.validation_freq (3) epochs and after the last: here only epoch 2.
-    val_rows = list(csv.DictReader(open(p / "metrics/val_log.csv")))
+    val_rows = list(csv.DictReader(open(p / "metrics/members/42/val_log.csv")))
     assert [int(r["epoch"]) for r in val_rows] == [2]
     assert 0 <= float(val_rows[0]["val_accuracy"]) <= 1 and float(val_rows[0]["val_log_loss"]) > 0
     assert all(float(r["train_s"]) > 0 for r in log_rows)
@@ -105,9 +110,12 @@ def test_stage_outputs_exist_and_make_sense(repro):
     for key in ("val", "holdout"):
         assert 0 <= ev[key]["accuracy"] <= 1 and ev[key]["log_loss"] > 0
     assert 0 <= ev["holdout"]["roc_auc"] <= 1
-    train = json.loads((p / "metrics/train.json").read_text())
+    train = json.loads((p / "metrics/members/42/train.json").read_text())
     # The default net: SqueezeNet v1.1 with batch normalisation (723,522 weights + 8,832 BN values).
-    assert train["params"] == 732_354 and train["model_bytes"] == (p / "data/teacher/model.keras").stat().st_size
+    assert (
+        train["params"] == 732_354
+        and train["model_bytes"] == (p / "data/members/42/teacher/model.keras").stat().st_size
+    )
     for name in ("metrics/training_curves.png", "metrics/plots/confusion.png", "metrics/plots/roc.png"):
         assert (p / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
@@ -167,7 +175,8 @@ def test_metrics_show_is_a_few_columns_of_scores_and_no_timings(repro):
     assert result.returncode == 0, result.stderr
     (workspace,) = json.loads(result.stdout).values()
     files = workspace["data"]
-    assert set(files) == {"metrics/eval.json", "metrics/unlabelled.json", "metrics/int8.json", "metrics/int4.json"}
+    expected = {"metrics/eval.json", "metrics/members/42/unlabelled.json", "metrics/int8.json", "metrics/int4.json"}
+    assert set(files) == expected
 
     def leaves(d, prefix=""):
         for k, v in d.items():
@@ -176,7 +185,7 @@ def test_metrics_show_is_a_few_columns_of_scores_and_no_timings(repro):
     columns = {c for f in files.values() for c in leaves(f["data"])}
     assert len(columns) == 9 and not any(w in c for c in columns for w in ("latency", "_s", "per_s", "wall"))
     table = dvc(["metrics", "show"], repro["project"], repro["env"]).stdout.splitlines()
-    assert len(table) == 5 and max(map(len, table)) <= 160, table  # a row per file, in a 160-column terminal
+    assert len(table) == 5 and max(map(len, table)) <= 180, table  # a row per file, in a 180-column terminal
 
 
 def test_the_trained_model_predicts_new_images(repro, tmp_path):
@@ -205,14 +214,14 @@ def test_changing_a_training_param_does_not_rerun_download_split_or_prepare(repr
     set_params(p, **{"train.label_smoothing": 0.05})
     result = dvc(["status", "--json"], p, env)
     changed = set(json.loads(result.stdout))
-    assert changed == {"train", "student"}  # the student trains by the teacher's recipe
+    assert changed == MEMBER  # the student trains by the teacher's recipe
     set_params(p, **{"train.label_smoothing": SMALL.get("train.label_smoothing", 0.1)})
 
 
 def test_an_unlabelled_setting_reruns_the_student_alone_never_the_teacher(repro):
     p, env = repro["project"], repro["env"]
     unlabelled = yaml.safe_load((p / "params.yaml").read_text())["unlabelled"]
-    for key, value, stages in (("epochs", 7, {"student"}), ("threshold", 0.9, {"student"})):
+    for key, value, stages in (("epochs", 7, {"student@42"}), ("threshold", 0.9, {"student@42"})):
         set_params(p, **{f"unlabelled.{key}": value})
         assert set(json.loads(dvc(["status", "--json"], p, env).stdout)) == stages, key
         set_params(p, **{f"unlabelled.{key}": unlabelled[key]})
@@ -236,14 +245,15 @@ def _edit_and_status(repro, rel: str) -> set[str]:
 def test_editing_code_reruns_exactly_the_stages_that_run_it(repro):
     assert json.loads(dvc(["status", "--json"], repro["project"], repro["env"]).stdout) == {}
     # The layers the saved model is made of: training builds them, every reader of the model runs them.
-    readers = {"evaluate", "submission", "export"}
-    assert _edit_and_status(repro, "src/dogs_vs_cats/layers.py") == {"train", "student"} | readers
-    assert _edit_and_status(repro, "src/dogs_vs_cats/model.py") == {"train", "student"}
-    assert _edit_and_status(repro, "src/dogs_vs_cats/trainer.py") == {"train", "student"}
-    assert _edit_and_status(repro, "src/dogs_vs_cats/consistency.py") == {"student"}
+    readers = {"ensemble", "evaluate", "submission", "export"}
+    assert _edit_and_status(repro, "src/dogs_vs_cats/layers.py") == MEMBER | readers
+    assert _edit_and_status(repro, "src/dogs_vs_cats/model.py") == MEMBER
+    assert _edit_and_status(repro, "src/dogs_vs_cats/trainer.py") == MEMBER
+    assert _edit_and_status(repro, "src/dogs_vs_cats/consistency.py") == {"student@42"}
     assert _edit_and_status(repro, "src/dogs_vs_cats/images.py") == {"prepare"}
-    assert _edit_and_status(repro, "src/dogs_vs_cats/params.py") == set(STAGES)
-    assert _edit_and_status(repro, "src/dogs_vs_cats/stages/__init__.py") == set(STAGES)
+    assert _edit_and_status(repro, "src/dogs_vs_cats/stages/ensemble.py") == {"ensemble"}
+    assert _edit_and_status(repro, "src/dogs_vs_cats/params.py") == set(NAMED)
+    assert _edit_and_status(repro, "src/dogs_vs_cats/stages/__init__.py") == set(NAMED)
 
 
 def test_editing_a_command_or_its_options_reruns_no_stage(repro):
@@ -266,17 +276,19 @@ def test_training_again_on_the_same_commit_changes_no_score(repro):
             "metrics/eval.json",
             "metrics/int8.json",
             "metrics/int4.json",
-            "metrics/train_log.csv",
+            "metrics/members/42/train_log.csv",
             "data/submission.csv",
         )
     }
-    forced = dvc(["repro", "-f", "-s", "train"], p, env)
-    assert forced.returncode == 0 and "Running stage 'train'" in forced.stdout, forced.stderr[-2000:]
+    forced = dvc(["repro", "-f", "-s", "train"], p, env)  # the group's name: every member's train stage
+    assert forced.returncode == 0 and "Running stage 'train@42'" in forced.stdout, forced.stderr[-2000:]
     again = dvc(["repro"], p, env)  # the saved model's file differs (Keras stamps the date), so the readers re-run
     assert again.returncode == 0, again.stderr[-2000:]
     after = {f: (p / f).read_text() for f in before}
-    train_log = [line.rsplit(",", 1)[0] for line in after["metrics/train_log.csv"].splitlines()]  # timings aside
-    assert train_log == [line.rsplit(",", 1)[0] for line in before["metrics/train_log.csv"].splitlines()]
+    train_log = [
+        line.rsplit(",", 1)[0] for line in after["metrics/members/42/train_log.csv"].splitlines()
+    ]  # timings aside
+    assert train_log == [line.rsplit(",", 1)[0] for line in before["metrics/members/42/train_log.csv"].splitlines()]
     assert after["metrics/eval.json"] == before["metrics/eval.json"]
     assert after["data/submission.csv"] == before["data/submission.csv"]  # every row, to the byte
     for form in ("int8", "int4"):
@@ -432,7 +444,7 @@ def test_experiment_then_metrics_params_and_plots_diff_between_commits(repro, tm
     metrics = dvc(["metrics", "diff", base, "HEAD", "--all", "--json"], p, env)
     changed = json.loads(metrics.stdout)
     assert "holdout.accuracy" in changed["metrics/eval.json"] and "bytes" in changed["metrics/int8.json"]
-    assert json.loads((p / "metrics/train.json").read_text())["params"] == 736_450  # the demo's net, exactly
+    assert json.loads((p / "metrics/members/42/train.json").read_text())["params"] == 736_450  # the demo's net, exactly
     params = json.loads(dvc(["params", "diff", base, "HEAD", "--json"], p, env).stdout)["params.yaml"]
     assert params["train.model"] == {"old": "squeezenet1_1", "new": "squeezenet1_0"}
     assert (params["train.bypass"]["old"], params["train.bypass"]["new"]) == (True, False)
@@ -493,7 +505,14 @@ def test_push_then_pull_restores_every_output(repro):
     p, env = repro["project"], repro["env"]
     pushed = dvc(["push"], p, env)
     assert pushed.returncode == 0, pushed.stderr
-    outputs = ["data/raw", "data/split", "data/prepared", "data/teacher", "data/model"]
+    outputs = [
+        "data/raw",
+        "data/split",
+        "data/prepared",
+        "data/members/42/teacher",
+        "data/members/42/model",
+        "data/model",
+    ]
     outputs += ["data/submission.csv", "data/export"]
     before = {
         o: (p / o).stat().st_size if (p / o).is_file() else sorted(f.name for f in (p / o).iterdir()) for o in outputs

@@ -34,7 +34,7 @@ def tiny(tmp_path):
 
 
 def test_training_killed_mid_way_resumes_from_its_last_checkpoint(tiny):
-    state = tiny / "data/train_state/state.json"
+    state = tiny / "data/train_state/42/state.json"
     proc = subprocess.Popen(
         [str(BIN / "dogs-vs-cats"), "train"],
         cwd=tiny,
@@ -55,30 +55,32 @@ def test_training_killed_mid_way_resumes_from_its_last_checkpoint(tiny):
     proc.wait()
     killed_at = json.loads(state.read_text())["epoch"]
     assert 2 <= killed_at < 5
-    assert (tiny / "data/train_state/average.npz").is_file()  # the weight average is checkpointed with the net
-    assert not (tiny / "data/teacher/model.keras").exists()  # no half-finished model for DVC to accept
+    assert (tiny / "data/train_state/42/average.npz").is_file()  # the weight average is checkpointed with the net
+    assert not (tiny / "data/members/42/teacher/model.keras").exists()  # no half-finished model for DVC to accept
 
     result = run_cli(["train"], tiny)
     assert result.returncode == 0, result.stderr
     assert f"resuming after epoch {killed_at}" in result.stderr and "starting afresh" not in result.stderr
-    rows = list(csv.DictReader(open(tiny / "metrics/train_log.csv")))
+    rows = list(csv.DictReader(open(tiny / "metrics/members/42/train_log.csv")))
     assert [int(r["epoch"]) for r in rows] == list(range(1, 6))
     # Validated every 3rd epoch and after the last, across the kill: epochs 3 and 5.
-    assert [int(r["epoch"]) for r in csv.DictReader(open(tiny / "metrics/val_log.csv"))] == [3, 5]
+    assert [int(r["epoch"]) for r in csv.DictReader(open(tiny / "metrics/members/42/val_log.csv"))] == [3, 5]
     assert all(float(r["train_s"]) > 0 for r in rows)
-    assert json.loads((tiny / "metrics/train.json").read_text())["epochs"] == 5
-    assert (tiny / "data/teacher/model.keras").stat().st_size > 100_000
-    assert not (tiny / "data/train_state").exists()
+    assert json.loads((tiny / "metrics/members/42/train.json").read_text())["epochs"] == 5
+    assert (tiny / "data/members/42/teacher/model.keras").stat().st_size > 100_000
+    assert not (tiny / "data/train_state/42").exists()
 
 
 def test_a_checkpoint_from_other_params_is_not_resumed(tiny):
     set_params(tiny, **{"train.epochs": 2})
-    (tiny / "data/train_state").mkdir()
-    (tiny / "data/train_state/state.json").write_text(json.dumps({"fingerprint": "other", "epoch": 1, "history": []}))
-    (tiny / "data/train_state/last.keras").write_bytes(b"stale")
+    (tiny / "data/train_state/42").mkdir(parents=True)
+    (tiny / "data/train_state/42/state.json").write_text(
+        json.dumps({"fingerprint": "other", "epoch": 1, "history": []})
+    )
+    (tiny / "data/train_state/42/last.keras").write_bytes(b"stale")
     result = run_cli(["train"], tiny)
     assert result.returncode == 0 and "from other params or data; starting afresh" in result.stderr
-    assert [int(r["epoch"]) for r in csv.DictReader(open(tiny / "metrics/train_log.csv"))] == [1, 2]
+    assert [int(r["epoch"]) for r in csv.DictReader(open(tiny / "metrics/members/42/train_log.csv"))] == [1, 2]
 
 
 def test_two_repros_at_once_the_second_fails_on_the_lock_and_the_first_finishes(tiny, tmp_path):
@@ -91,7 +93,7 @@ def test_two_repros_at_once_the_second_fails_on_the_lock_and_the_first_finishes(
             [str(BIN / "dvc"), "repro", "train"], cwd=tiny, env=env, stdout=out, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + 120
-        while "Running stage 'train'" not in log.read_text():
+        while "Running stage 'train@42'" not in log.read_text():
             assert time.monotonic() < deadline and first.poll() is None, log.read_text()[-2000:]
             time.sleep(0.05)
         second = subprocess.run(
@@ -124,7 +126,7 @@ def test_mirrored_strategy_trains_and_an_undecodable_test_image_still_gets_its_r
             "train.low_res_size": 0,
         },
     )
-    for stage in ("download", "split", "prepare", "train", "student", "submission"):
+    for stage in ("download", "split", "prepare", "train", "student", "ensemble", "submission"):
         result = run_cli([stage], project)
         assert result.returncode == 0, result.stderr
         if stage == "train":
@@ -133,7 +135,7 @@ def test_mirrored_strategy_trains_and_an_undecodable_test_image_still_gets_its_r
     rows = dict(r for r in csv.reader(open(project / "data/submission.csv")))
     assert rows.pop("id") == "label" and sorted(map(int, rows)) == [1, 2, 3, 4, 77]
     assert rows["77"] == "0.500000"
-    assert json.loads((project / "metrics/train.json").read_text())["train_images_per_s"] > 0
+    assert json.loads((project / "metrics/members/42/train.json").read_text())["train_images_per_s"] > 0
 
 
 def test_multi_worker_without_tf_config_is_a_clear_error(tiny):
@@ -162,9 +164,9 @@ def test_progressive_resizing_with_mixup_trains_small_then_ships_at_full_size(ti
     result = run_cli(["train"], tiny)
     assert result.returncode == 0, result.stderr
     assert "4 epochs (to 2 at 32px, to 4 at 40px)" in result.stderr
-    epochs = [int(r["epoch"]) for r in csv.DictReader(open(tiny / "metrics/train_log.csv"))]
+    epochs = [int(r["epoch"]) for r in csv.DictReader(open(tiny / "metrics/members/42/train_log.csv"))]
     assert epochs == [1, 2, 3, 4]
-    model = keras.models.load_model(tiny / "data/teacher/model.keras")
+    model = keras.models.load_model(tiny / "data/members/42/teacher/model.keras")
     assert model.input_shape == (None, 40, 40, 3)
 
 
@@ -194,16 +196,16 @@ def test_multi_worker_trains_two_workers_in_step_from_tf_config(tiny, tmp_path):
     errs = [err for _, err in results]
     assert [code for code, _ in results] == [0, 0], errs
     assert all("strategy multi_worker (2 replica(s))" in e and "Epoch 3/3" in e for e in errs)
-    nets = [keras.models.load_model(folder / "data/teacher/model.keras") for folder in (tiny, second)]
+    nets = [keras.models.load_model(folder / "data/members/42/teacher/model.keras") for folder in (tiny, second)]
     for a, b in zip(*(net.get_weights() for net in nets)):
         np.testing.assert_array_equal(a, b)  # gradients and batch-norm statistics were averaged over both workers
-    rows = list(csv.DictReader(open(tiny / "metrics/train_log.csv")))
+    rows = list(csv.DictReader(open(tiny / "metrics/members/42/train_log.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and all(0 <= float(r["accuracy"]) <= 1 for r in rows)
     assert float(rows[0]["loss"]) > 0
-    assert [int(r["epoch"]) for r in csv.DictReader(open(tiny / "metrics/val_log.csv"))] == [
+    assert [int(r["epoch"]) for r in csv.DictReader(open(tiny / "metrics/members/42/val_log.csv"))] == [
         3
     ]  # validated after the last
-    assert json.loads((tiny / "metrics/train.json").read_text())["epochs"] == 3
+    assert json.loads((tiny / "metrics/members/42/train.json").read_text())["epochs"] == 3
 
 
 def test_multi_worker_loop_on_one_worker_trains_as_fit_does(tiny, tmp_path):
@@ -220,13 +222,13 @@ def test_multi_worker_loop_on_one_worker_trains_as_fit_does(tiny, tmp_path):
     ]
     assert [r.returncode for r in results] == [0, 0], [r.stderr[-2000:] for r in results]
     assert "strategy multi_worker (1 replica(s))" in results[0].stderr
-    logs = [list(csv.DictReader(open(folder / "metrics/train_log.csv"))) for folder in (tiny, with_fit)]
+    logs = [list(csv.DictReader(open(folder / "metrics/members/42/train_log.csv"))) for folder in (tiny, with_fit)]
     for ours, keras_fit in zip(*logs):
         assert ours["learning_rate"] == keras_fit["learning_rate"]
         for key in ("loss", "log_loss", "accuracy"):
             assert float(ours[key]) == pytest.approx(float(keras_fit[key]), abs=2e-3), (key, ours, keras_fit)
     assert float(logs[0][0]["loss"]) != pytest.approx(float(logs[0][-1]["loss"]), abs=1e-3)  # it trained
-    vals = [next(csv.DictReader(open(folder / "metrics/val_log.csv"))) for folder in (tiny, with_fit)]
+    vals = [next(csv.DictReader(open(folder / "metrics/members/42/val_log.csv"))) for folder in (tiny, with_fit)]
     assert float(vals[0]["val_log_loss"]) == pytest.approx(float(vals[1]["val_log_loss"]), abs=2e-3)
 
 
@@ -248,7 +250,7 @@ def test_a_short_training_tells_the_synthetic_cats_from_dogs(tmp_path):
             "train.low_res_size": 0,
         },
     )
-    for stage in ("download", "split", "prepare", "train", "student", "evaluate"):
+    for stage in ("download", "split", "prepare", "train", "student", "ensemble", "evaluate"):
         result = run_cli([stage], project)
         assert result.returncode == 0, result.stderr
     ev = json.loads((project / "metrics/eval.json").read_text())
@@ -421,7 +423,7 @@ def test_student_killed_mid_way_resumes_from_its_last_checkpoint(tmp_path):
     settings = {"train.epochs": 4, "unlabelled.enabled": True, "unlabelled.threshold": 0.5}
     settings |= {"unlabelled.epochs": 5, "unlabelled.ratio": 2, "train.validation_freq": 5}
     project = tiny_project(tmp_path, 16, ("download", "split", "prepare", "train"), **settings)
-    state = project / "data/student_state/state.json"
+    state = project / "data/student_state/42/state.json"
 
     def past_two():
         try:
@@ -431,9 +433,9 @@ def test_student_killed_mid_way_resumes_from_its_last_checkpoint(tmp_path):
 
     _kill_when(["student"], project, past_two)
     killed_at = json.loads(state.read_text())["epoch"]
-    assert not (project / "data/model/model.keras").exists()
+    assert not (project / "data/members/42/model/model.keras").exists()
     result = run_cli(["student"], project)
     assert result.returncode == 0, result.stderr
     assert f"resuming after epoch {killed_at}" in result.stderr
-    assert json.loads((project / "metrics/student.json").read_text())["epochs"] == 5
-    assert not (project / "data/student_state").exists()
+    assert json.loads((project / "metrics/members/42/student.json").read_text())["epochs"] == 5
+    assert not (project / "data/student_state/42").exists()

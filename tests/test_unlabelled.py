@@ -91,10 +91,10 @@ def test_the_students_warm_up_is_an_epoch_or_enough_epochs_to_make_sixty_steps()
 
 
 def test_the_student_reads_no_holdout_solution_or_split_file_and_validation_only_to_monitor():
-    deps = PIPELINE["student"]["deps"]
+    deps = PIPELINE["student"]["do"]["deps"]
     data = [d for d in deps if d.startswith("data/")]
     assert data == [
-        "data/teacher",
+        "data/members/${item}/teacher",
         "data/prepared/train.tfrecord",
         "data/prepared/test.tfrecord",
         "data/prepared/val.tfrecord",
@@ -104,11 +104,12 @@ def test_the_student_reads_no_holdout_solution_or_split_file_and_validation_only
     assert "validation only to monitor training and fit the temperature" in " ".join(readme.split())
 
 
-def test_evaluate_submission_and_export_read_the_model_the_student_stage_writes():
-    assert "data/model" in PIPELINE["student"]["outs"]
+def test_evaluate_submission_and_export_read_the_models_the_ensemble_makes_of_the_students():
+    assert "data/members/${item}/model" in PIPELINE["student"]["do"]["outs"]
+    assert "data/members" in PIPELINE["ensemble"]["deps"] and "data/model" in PIPELINE["ensemble"]["outs"]
     for stage in ("evaluate", "submission", "export"):
         deps = PIPELINE[stage]["deps"]
-        assert "data/model" in deps and "data/teacher" not in deps, stage
+        assert "data/model" in deps and not any("teacher" in d for d in deps), stage
 
 
 @pytest.mark.parametrize(
@@ -158,8 +159,8 @@ def _student(project: Path) -> tuple[list[np.ndarray], list[dict]]:
 
     result = run_cli(["student"], project)
     assert result.returncode == 0, result.stderr
-    weights = keras.models.load_model(project / "data/model/model.keras").get_weights()
-    return weights, _rows(project / "metrics/student_log.csv")
+    weights = keras.models.load_model(project / "data/members/42/model/model.keras").get_weights()
+    return weights, _rows(project / "metrics/members/42/student_log.csv")
 
 
 def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
@@ -168,12 +169,15 @@ def _same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 
 @pytest.mark.slow
 def test_off_by_default_the_shipped_model_is_the_teacher_and_metrics_say_unused(tiny):
-    result = run_cli(["student"], tiny)
-    assert result.returncode == 0, result.stderr
-    assert (tiny / "data/model/model.keras").read_bytes() == (tiny / "data/teacher/model.keras").read_bytes()
-    assert json.loads((tiny / "metrics/unlabelled.json").read_text()) == {"test_photos": 0}
-    assert json.loads((tiny / "metrics/student.json").read_text())["used"] is False
-    assert _rows(tiny / "metrics/student_log.csv") == []
+    for stage in ("student", "ensemble"):
+        result = run_cli([stage], tiny)
+        assert result.returncode == 0, result.stderr
+    teacher = (tiny / "data/members/42/teacher/model.keras").read_bytes()
+    assert (tiny / "data/members/42/model/model.keras").read_bytes() == teacher
+    assert (tiny / "data/model/model.keras").read_bytes() == teacher  # the one member, shipped as it is
+    assert json.loads((tiny / "metrics/members/42/unlabelled.json").read_text()) == {"test_photos": 0}
+    assert json.loads((tiny / "metrics/members/42/student.json").read_text())["used"] is False
+    assert _rows(tiny / "metrics/members/42/student_log.csv") == []
 
 
 @pytest.mark.slow
@@ -194,13 +198,13 @@ def test_on_the_student_learns_from_the_test_photos_and_is_what_evaluate_and_sub
 
     import keras
 
-    assert not _same(model, keras.models.load_model(tiny / "data/teacher/model.keras").get_weights())
+    assert not _same(model, keras.models.load_model(tiny / "data/members/42/teacher/model.keras").get_weights())
     assert [float(r["past_threshold"]) for r in log] == [1.0, 1.0, 1.0]  # threshold 0.5: every photo teaches
-    assert json.loads((tiny / "metrics/unlabelled.json").read_text()) == {"test_photos": 16}
-    student = json.loads((tiny / "metrics/student.json").read_text())
+    assert json.loads((tiny / "metrics/members/42/unlabelled.json").read_text()) == {"test_photos": 16}
+    student = json.loads((tiny / "metrics/members/42/student.json").read_text())
     assert student["used"] is True and student["epochs"] == 3 and student["test_photos"] == 16
 
-    for stage in ("evaluate", "submission"):
+    for stage in ("ensemble", "evaluate", "submission"):
         result = run_cli([stage], tiny)
         assert result.returncode == 0, result.stderr
     predictor = Predictor(tiny / "data/model/model.keras")
@@ -229,9 +233,9 @@ def test_a_threshold_no_photo_reaches_teaches_nothing_and_says_so(tiny):
     set_params(tiny, **{"unlabelled.enabled": True, "unlabelled.threshold": 0.9999999})
     result = run_cli(["student"], tiny)
     assert result.returncode == 0, result.stderr
-    assert [float(r["past_threshold"]) for r in _rows(tiny / "metrics/student_log.csv")] == [0.0, 0.0, 0.0]
+    assert [float(r["past_threshold"]) for r in _rows(tiny / "metrics/members/42/student_log.csv")] == [0.0, 0.0, 0.0]
     assert (
-        "student: warning: no test photo passed unlabelled.threshold = 0.9999999 in any epoch, so the student "
+        "student@42: warning: no test photo passed unlabelled.threshold = 0.9999999 in any epoch, so the student "
         "learnt from the labelled photos alone; lower the threshold"
     ) in result.stderr
 
@@ -241,7 +245,7 @@ def test_an_empty_pool_is_refused_in_one_line_and_nothing_is_trained(tiny):
     import tensorflow as tf
 
     set_params(tiny, **{"unlabelled.enabled": True})
-    teacher_copy = (tiny / "data/model/model.keras").exists()
+    teacher_copy = (tiny / "data/members/42/model/model.keras").exists()
     with tf.io.TFRecordWriter(str(tiny / "data/prepared/test.tfrecord")):
         pass
     result = run_cli(["student"], tiny)
@@ -249,4 +253,4 @@ def test_an_empty_pool_is_refused_in_one_line_and_nothing_is_trained(tiny):
     assert result.stderr.strip().splitlines()[-1] == (
         "error: data/prepared/test.tfrecord: holds no test photos to learn from; set unlabelled.enabled to false"
     )
-    assert (tiny / "data/model/model.keras").exists() == teacher_copy
+    assert (tiny / "data/members/42/model/model.keras").exists() == teacher_copy

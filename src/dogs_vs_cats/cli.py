@@ -10,7 +10,7 @@ import sys
 
 from .common import UserError
 from .paths import MODEL
-from .stages import STAGES, import_tensorflow_quietly
+from .stages import MEMBER_STAGES, STAGES, import_tensorflow_quietly
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,7 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for stage in STAGES:
-        sub.add_parser(stage, help=f"run the `{stage}` stage (normally via `dvc repro`)")
+        st = sub.add_parser(stage, help=f"run the `{stage}` stage (normally via `dvc repro`)")
+        if stage in MEMBER_STAGES:
+            st.add_argument("--seed", type=int, default=None, help="one ensemble member (default: every member)")
 
     p = sub.add_parser("predict", help="write file,p_dog for images, from a .keras or .tflite model")
     p.add_argument("--model", default=str(MODEL), help="model file (.keras or .tflite)")
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in STAGES:
             from . import stages
 
-            stages.run(args.command, args.params)
+            stages.run(args.command, args.params, getattr(args, "seed", None))
         elif args.command == "predict":
             from .commands import predict
 

@@ -139,3 +139,29 @@ class MeanOfViews(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "views": self.views}
+
+
+@keras.saving.register_keras_serializable(package="dogs_vs_cats")
+class LogitMean(layers.Layer):
+    """Combine ensemble members' (P(cat), P(dog)) in logit space, then divide by one temperature.
+
+    Each member's log-odds log P(dog) - log P(cat) are averaged and the mean divided by
+    `temperature`: a geometric mean of the members' odds, recalibrated. Averaging the
+    probabilities instead would pull every sure answer toward the least sure member.
+    """
+
+    def __init__(self, temperature: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature = float(temperature)
+
+    def call(self, members):
+        p = keras.ops.clip(keras.ops.stack(members, axis=0), 1e-7, 1.0)
+        gap = keras.ops.mean(keras.ops.log(p[..., 1]) - keras.ops.log(p[..., 0]), axis=0) / self.temperature
+        dog = keras.ops.sigmoid(gap)
+        return keras.ops.stack([1.0 - dog, dog], axis=-1)
+
+    def compute_output_shape(self, shapes):
+        return shapes[0]
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}

@@ -55,6 +55,11 @@ def setting(default, rule: tuple):
     return field(default=default, metadata={"rule": rule})
 
 
+def per_member(default, rule: tuple, source: str):
+    """A value each ensemble member sets for itself from `source`: never a params.yaml key of its own."""
+    return field(default=default, metadata={"rule": rule, "per_member": source})
+
+
 def section(cls):
     return field(default_factory=cls)
 
@@ -114,7 +119,7 @@ class Train:
     batch_size: int = setting(32, _between(1, 4096))
     label_smoothing: float = setting(0.1, _between(0, 0.5, hi_open=True))
     precision: str = setting("auto", _choice(PRECISIONS))
-    seed: int = setting(42, _between(0, 2**31 - 1))
+    seed: int = per_member(42, _between(0, 2**31 - 1), "ensemble.seeds")
     strategy: str = setting("default", _choice(STRATEGIES))
     shuffle_buffer: int = setting(4096, _between(1, 10_000_000))
     tta: bool = setting(True, _FLAG)
@@ -139,6 +144,15 @@ class Unlabelled:
     ema: float = setting(0.999, _off_or(lambda v: 0.9 <= v < 1, "a decay per step in [0.9, 1)"))
 
 
+def _seeds(v):
+    return 1 <= len(v) <= 64 and len(set(v)) == len(v) and all(0 <= s <= 2**31 - 1 for s in v)
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    seeds: tuple = setting((42,), (_seeds, "a list of 1 to 64 different training seeds, each in [0, 2147483647]"))
+
+
 @dataclass(frozen=True)
 class Submission:
     clip: float = setting(0.01, _between(0, 0.5, hi_open=True))
@@ -158,6 +172,7 @@ class Params:
     prepare: Prepare = section(Prepare)
     train: Train = section(Train)
     unlabelled: Unlabelled = section(Unlabelled)
+    ensemble: Ensemble = section(Ensemble)
     submission: Submission = section(Submission)
     export: Export = section(Export)
 
@@ -179,6 +194,12 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
         raise ParamError(f"params.yaml: {key} = {value!r} is invalid: expected a finite number")
+    if kind is tuple:  # a YAML list of whole numbers: the ensemble's seeds
+        if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return tuple(value)
+        raise ParamError(
+            f"params.yaml: {key} = {value!r} is invalid: expected a list of whole numbers, such as [42, 7]"
+        )
     if kind is str:
         if isinstance(value, str):
             return value
@@ -203,6 +224,12 @@ def _build(cls, raw: Any, prefix: str):
     values = {}
     for name, f in known.items():
         key = f"{prefix}.{name}" if prefix else name
+        if "per_member" in f.metadata:
+            if name in raw:
+                raise ParamError(
+                    f"params.yaml: {key} is set per ensemble member; list the seeds in {f.metadata['per_member']}"
+                )
+            continue
         default = f.default_factory() if f.default_factory is not MISSING else f.default
         if is_dataclass(default):
             values[name] = _build(type(default), raw.get(name), key)
@@ -234,6 +261,7 @@ def from_dict(raw: Any) -> Params:
             f"params.yaml: train.low_res_epochs = {t.low_res_epochs} is invalid: expected fewer than "
             f"train.epochs ({t.epochs}), so the last epochs train at prepare.image_size"
         )
+    params = for_member(params, params.ensemble.seeds[0])  # what a stage that is not a member's sees
     u = params.unlabelled
     if u.enabled and t.strategy != "default":
         raise ParamError(
@@ -241,6 +269,15 @@ def from_dict(raw: Any) -> Params:
             "trains on one device only; set train.strategy to default"
         )
     return params
+
+
+def for_member(params: Params, seed: int) -> Params:
+    """The params one ensemble member trains with: the shared recipe, with its own training seed."""
+    if seed not in params.ensemble.seeds:
+        raise ParamError(
+            f"params.yaml: ensemble.seeds = {list(params.ensemble.seeds)} has no member {seed}; add it there"
+        )
+    return replace(params, train=replace(params.train, seed=seed))
 
 
 def student(params: Params) -> Params:
@@ -279,6 +316,8 @@ def as_dict(obj) -> dict:
     """Plain nested dict, for recording params next to results."""
     out = {}
     for f in fields(obj):
+        if "per_member" in f.metadata:
+            continue
         v = getattr(obj, f.name)
-        out[f.name] = as_dict(v) if is_dataclass(v) else v
+        out[f.name] = as_dict(v) if is_dataclass(v) else list(v) if isinstance(v, tuple) else v
     return out

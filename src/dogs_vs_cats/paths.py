@@ -13,23 +13,18 @@ from pathlib import Path
 RAW = Path("data/raw")  # download: train.zip, test.zip, sample_submission.csv
 SPLIT = Path("data/split")  # split: train.csv, val.csv, holdout.csv
 PREPARED = Path("data/prepared")  # prepare: one TFRecord file per set
-TEACHER_DIR = Path("data/teacher")  # train: the model learnt from the labelled photos alone
-TEACHER = TEACHER_DIR / "model.keras"
-MODEL_DIR = Path("data/model")  # student: the model evaluate, submission and export read (the teacher's when off)
-MODEL = MODEL_DIR / "model.keras"
+MEMBERS = Path("data/members")  # train@SEED, student@SEED: one folder per ensemble member (member())
+MODEL_DIR = Path("data/model")  # ensemble: the models evaluate, submission and export read
+MODEL = MODEL_DIR / "model.keras"  # the members combined (with one member, its model as it is)
+EDGE_MODEL = MODEL_DIR / "edge.keras"  # the one net export ships: the member with the lowest validation log loss
 SUBMISSION = Path("data/submission.csv")  # submission
 EXPORT = Path("data/export")  # export: model_<form>.tflite
 
 # Metrics and plot data, versioned in git beside the code.
 PREPARE_REPORT = Path("metrics/prepare.json")
-TRAIN_METRICS = Path("metrics/train.json")
-TRAIN_LOG = Path("metrics/train_log.csv")  # every epoch
-VAL_LOG = Path("metrics/val_log.csv")  # the validated epochs only
-TRAIN_CURVES = Path("metrics/training_curves.png")  # both logs drawn by evaluate: the original demo's figure
-UNLABELLED_METRICS = Path("metrics/unlabelled.json")  # how many test photos the student learns from (0: off)
-STUDENT_METRICS = Path("metrics/student.json")
-STUDENT_LOG = Path("metrics/student_log.csv")
-STUDENT_VAL_LOG = Path("metrics/student_val_log.csv")
+MEMBER_METRICS = Path("metrics/members")  # each member's logs and reports, a folder per seed (member())
+ENSEMBLE_METRICS = Path("metrics/ensemble.json")  # the members, their validation scores, the combined temperature
+TRAIN_CURVES = Path("metrics/training_curves.png")  # the first member's logs drawn by evaluate: the demo's figure
 EVAL_METRICS = Path("metrics/eval.json")
 EVAL_PLOTS = Path("metrics/plots")  # confusion, ROC and precision-recall as CSV; confusion.png and roc.png
 # The integer forms' size and holdout scores, one file each: what `dvc metrics` compares, a row per form.
@@ -38,7 +33,7 @@ EXPORT_REPORT = Path("metrics/export_forms.json")  # every form: size, scores an
 
 # Working folders outside DVC's outputs, so DVC does not delete them before a re-run.
 DOWNLOAD_STAGING = Path("data/.download")  # partial downloads the kaggle client resumes
-TRAIN_STATE = Path("data/train_state")  # per-epoch checkpoints a killed run resumes from
+TRAIN_STATE = Path("data/train_state")  # per-epoch checkpoints a killed run resumes from, a folder per seed
 STUDENT_STATE = Path("data/student_state")
 
 SETS = ("train", "val", "holdout")  # the labelled sets split writes and prepare stores
@@ -62,21 +57,50 @@ class Run:
     state: Path  # checkpoints a killed run resumes from
 
 
-TEACHER_RUN = Run(
-    stage="train",
-    source=prepared("train"),
-    model=TEACHER,
-    metrics=TRAIN_METRICS,
-    log=TRAIN_LOG,
-    val_log=VAL_LOG,
-    state=TRAIN_STATE,
-)
-STUDENT_RUN = Run(
-    stage="student",
-    source=prepared("train"),  # the labelled photos; the test photos come through its learner (consistency.py)
-    model=MODEL,
-    metrics=STUDENT_METRICS,
-    log=STUDENT_LOG,
-    val_log=STUDENT_VAL_LOG,
-    state=STUDENT_STATE,
-)
+@dataclass(frozen=True)
+class Member:
+    """Where one ensemble member, named by its training seed, keeps its teacher, its model and its reports."""
+
+    seed: int
+
+    @property
+    def teacher(self) -> Path:  # train@SEED: learnt from the labelled photos alone
+        return MEMBERS / str(self.seed) / "teacher" / "model.keras"
+
+    @property
+    def model(self) -> Path:  # student@SEED: the teacher, or the teacher trained on the test photos too
+        return MEMBERS / str(self.seed) / "model" / "model.keras"
+
+    @property
+    def reports(self) -> Path:
+        return MEMBER_METRICS / str(self.seed)
+
+    @property
+    def unlabelled(self) -> Path:  # how many test photos its student learns from (0: off)
+        return self.reports / "unlabelled.json"
+
+    @property
+    def teacher_run(self) -> Run:
+        r = self.reports
+        return Run(
+            stage=f"train@{self.seed}",
+            source=prepared("train"),
+            model=self.teacher,
+            metrics=r / "train.json",
+            log=r / "train_log.csv",
+            val_log=r / "val_log.csv",
+            state=TRAIN_STATE / str(self.seed),
+        )
+
+    @property
+    def student_run(self) -> Run:
+        r = self.reports
+        return Run(
+            stage=f"student@{self.seed}",
+            source=prepared("train"),  # the labelled photos; the test photos come through its learner (consistency.py)
+            model=self.model,
+            metrics=r / "student.json",
+            log=r / "student_log.csv",
+            val_log=r / "student_val_log.csv",
+            state=STUDENT_STATE / str(self.seed),
+        )

@@ -1,5 +1,6 @@
 """How a SqueezeNet is trained, for both stages that train one: `train` (the teacher, on the
-labelled photos) and `student` (on labelled and pseudo-labelled photos, when `unlabelled` is on).
+labelled photos) and `student` (on the labelled and the test photos, when `unlabelled` is on), once
+per ensemble member.
 
     phases      -> the epochs of each image size (progressive resizing)
     fit         -> train them, validating, logging and checkpointing every epoch (callbacks.py)
@@ -64,9 +65,11 @@ class Supervised:
 
 
 def fingerprint(params: Params, learner) -> str:
-    """What a checkpoint must match to be resumed: the learner's params and every file it learns from."""
+    """What a checkpoint must match to be resumed: the learner's params, the member's seed and every file
+    it learns from."""
     h = hashlib.sha256()
-    h.update(json.dumps([as_dict(getattr(params, s)) for s in learner.sections], sort_keys=True).encode())
+    sections = [as_dict(getattr(params, s)) for s in learner.sections]
+    h.update(json.dumps([*sections, params.train.seed], sort_keys=True).encode())
     for path in (*learner.inputs, prepared("val")):
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -161,7 +164,7 @@ def train(params: Params, run: Run, callbacks: tuple = (), extra: dict | None = 
         f"validating every {t.validation_freq} epoch(s) and the last"
     )
     # Validation only monitors (nothing is chosen by it), so it runs every validation_freq-th epoch
-    # and always after the last, whose figures go to metrics/train.json.
+    # and always after the last, whose figures go to the run's metrics file.
     val_epochs = [e for e in range(1, t.epochs + 1) if e % t.validation_freq == 0 or e == t.epochs]
     epoch_state = EpochState(run, fp, history, Validation(params, val_epochs), average)
     start = time.monotonic()

@@ -11,7 +11,9 @@ import importlib
 import os
 import sys
 
-STAGES = ("download", "split", "prepare", "train", "student", "evaluate", "submission", "export")
+STAGES = ("download", "split", "prepare", "train", "student", "ensemble", "evaluate", "submission", "export")
+# One run per ensemble member (dvc.yaml: foreach over ensemble.seeds, `STAGE --seed SEED`).
+MEMBER_STAGES = ("train", "student")
 # The stages that neither read nor write a model start without TensorFlow.
 WITHOUT_TENSORFLOW = ("download", "split")
 
@@ -42,24 +44,30 @@ def import_tensorflow_quietly() -> None:
             os.close(saved)
 
 
-def run(stage: str, params_path: str = "params.yaml") -> None:
-    """Validate params.yaml, then run one stage. Errors the user can fix are raised as UserError."""
+def run(stage: str, params_path: str = "params.yaml", seed: int | None = None) -> None:
+    """Validate params.yaml, then run one stage: for a member's stage, the member `seed`'s run, or every
+    member's in turn when no seed is given. Errors the user can fix are raised as UserError."""
     from .. import params as params_module
 
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; the stages are {', '.join(STAGES)}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     params = params_module.load(params_path)
+    if seed is not None and stage not in MEMBER_STAGES:
+        raise params_module.ParamError(f"--seed: only {' and '.join(MEMBER_STAGES)} run per member, not {stage}")
+    members = [params_module.for_member(params, s) for s in ([seed] if seed is not None else params.ensemble.seeds)]
     if stage not in WITHOUT_TENSORFLOW:
         try:
             import_tensorflow_quietly()
         except ImportError:
             pass  # the stage reports what is missing in its own words
-    importlib.import_module(f".{stage}", __name__).run(params)
+    module = importlib.import_module(f".{stage}", __name__)
+    for p in members if stage in MEMBER_STAGES else [params]:
+        module.run(p)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m dogs_vs_cats.stages STAGE [--params FILE]`: what each dvc.yaml stage runs."""
+    """`python -m dogs_vs_cats.stages STAGE [--seed SEED] [--params FILE]`: what each dvc.yaml stage runs."""
     import argparse
 
     from ..common import UserError
@@ -67,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dogs_vs_cats.stages", description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=STAGES)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--seed", type=int, default=None, help="the ensemble member (train, student); default: all")
     args = parser.parse_args(argv)
     try:
-        run(args.stage, args.params)
+        run(args.stage, args.params, args.seed)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,5 @@
-"""Stage `export`: the trained model as TensorFlow Lite (LiteRT) files for small devices.
+"""Stage `export`: the edge net (one SqueezeNet: with several ensemble members, the one with the lowest
+validation log loss) as TensorFlow Lite (LiteRT) files for small devices.
 
 Four forms: float32, float16 weights, full-integer int8 calibrated on prepared training
 images, and int4: 4-bit convolution weights with int8 activations (ai-edge-quantizer). Each
@@ -23,8 +24,9 @@ import numpy as np
 from ..common import atomic_path, log, scores, write_json
 from ..inference import Predictor, predict_records
 from ..params import Export, Params
+from ..paths import EDGE_MODEL as MODEL
 from ..paths import EXPORT as OUT
-from ..paths import EXPORT_REPORT, FORM_METRICS, MODEL, prepared
+from ..paths import EXPORT_REPORT, FORM_METRICS, prepared
 from ..records import read_records
 
 FORMS = ("float32", "float16", "int8", "int4")

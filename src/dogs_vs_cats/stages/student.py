@@ -1,6 +1,6 @@
-"""Stage `student`: the model that `evaluate`, `submission` and `export` read (data/model).
+"""Stage `student`: each ensemble member's model (`student@SEED`), what the `ensemble` stage combines.
 
-With `unlabelled` off it is the teacher itself, copied. With it on, the teacher's net goes on
+With `unlabelled` off it is the member's teacher itself, copied. With it on, the teacher's net goes on
 learning, FixMatch-style (consistency.py), from the labelled photos and every one of the
 competition's test photos, whose labels it never reads: on each, its answer for a mirrored
 view teaches a strongly distorted view of the same photo, wherever it is sure enough.
@@ -17,37 +17,40 @@ from ..callbacks import write_logs
 from ..common import UserError, atomic_path, log, write_json
 from ..consistency import Consistency
 from ..params import Params, student
-from ..paths import MODEL, STUDENT_RUN, TEACHER, UNLABELLED_METRICS, prepared
+from ..paths import Member, prepared
 from ..records import count_records
 from ..trainer import train
 
 
 def run(params: Params, callbacks: tuple = ()) -> None:
-    """The stage. `callbacks` are extra Keras callbacks for every epoch: hooks for benchmarks."""
-    if not TEACHER.is_file():
-        raise UserError(f"{TEACHER}: missing; run `dvc repro train` first")
+    """The stage, for the member `params.train.seed`. `callbacks` are extra Keras callbacks for every
+    epoch: hooks for benchmarks."""
+    member = Member(params.train.seed)
+    teacher, report = member.teacher, member.student_run
+    if not teacher.is_file():
+        raise UserError(f"{teacher}: missing; run `dvc repro train@{member.seed}` first")
     if not params.unlabelled.enabled:
-        with atomic_path(MODEL, suffix=".keras") as tmp:
-            shutil.copyfile(TEACHER, tmp)
-        write_logs(STUDENT_RUN, [])
-        write_json(STUDENT_RUN.metrics, {"used": False, "model": str(TEACHER)})
-        write_json(UNLABELLED_METRICS, {"test_photos": 0})
-        log(f"student: unlabelled.enabled is false; {MODEL} is the teacher's model")
+        with atomic_path(member.model, suffix=".keras") as tmp:
+            shutil.copyfile(teacher, tmp)
+        write_logs(report, [])
+        write_json(report.metrics, {"used": False, "model": str(teacher)})
+        write_json(member.unlabelled, {"test_photos": 0})
+        log(f"{report.stage}: unlabelled.enabled is false; {member.model} is the teacher's model")
         return
     pool = count_records(prepared("test"))
     if not pool:
         raise UserError(f"{prepared('test')}: holds no test photos to learn from; set unlabelled.enabled to false")
     u = params.unlabelled
     # Written first: `dvc metrics show` says what the run is learning from while it trains.
-    write_json(UNLABELLED_METRICS, {"test_photos": pool})
+    write_json(member.unlabelled, {"test_photos": pool})
     log(
-        f"student: FixMatch from {TEACHER} on the labelled photos and {pool} test photos, {u.ratio} per labelled "
-        f"photo in each step, threshold {u.threshold}, weight {u.weight}"
+        f"{report.stage}: FixMatch from {teacher} on the labelled photos and {pool} test photos, "
+        f"{u.ratio} per labelled photo in each step, threshold {u.threshold}, weight {u.weight}"
     )
     extra = {"used": True, "test_photos": pool}
-    history = train(student(params), STUDENT_RUN, callbacks, extra=extra, learner=Consistency(TEACHER, pool))
+    history = train(student(params), report, callbacks, extra=extra, learner=Consistency(teacher, pool))
     if history and not any(r.get("past_threshold") for r in history):
         log(
-            f"student: warning: no test photo passed unlabelled.threshold = {u.threshold} in any epoch, so the "
+            f"{report.stage}: warning: no test photo passed unlabelled.threshold = {u.threshold} in any epoch, so the "
             "student learnt from the labelled photos alone; lower the threshold"
         )
