@@ -233,3 +233,32 @@ def test_the_readmes_unlabelled_sentence_is_its_result_files():
     small = _load("bench/results/accuracy-fixmatch-kaggle-seed42.json")  # "worse than its teacher"
     assert small["holdout_accuracy"] < small["teacher"]["holdout_accuracy"]
     assert small["holdout_log_loss"] > small["teacher"]["holdout_log_loss"]
+
+
+def test_each_ensemble_row_is_its_result_file_and_the_prose_its_spread():
+    rows = _table("ensemble")
+    assert len(rows) == 3
+    combined, alone, edge = rows
+    r = _load(combined[-1])
+    assert r["overrides"]["ensemble.seeds"] == [42, 7, 1] and "kaggle-large" in r["competition"]
+    assert combined[1:4] == [
+        f"{r['holdout_accuracy']:.3f}",
+        f"{r['holdout_log_loss']:.3f}",
+        f"{r['kaggle_log_loss']:.3f}",
+    ]
+    assert combined[4] == f"{r['train_wall_s'] / 60:.1f} min"
+    sd = r["spread"]
+    assert alone[1:3] == [
+        f"{sd['accuracy']['mean']:.3f} ({sd['accuracy']['sd']:.4f})",
+        f"{sd['log_loss']['mean']:.3f} ({sd['log_loss']['sd']:.4f})",
+    ]
+    each = [m["train_wall_s"] for m in r["members"].values()]
+    assert alone[4] == f"{sum(each) / len(each) / 60:.1f} min each"
+    e = r["edge"]
+    assert f"(seed {e['seed']})" in edge[0]
+    assert min(r["members"], key=lambda s: r["members"][s]["val"]["log_loss"]) == str(e["seed"])
+    assert edge[1:4] == [f"{e['holdout_accuracy']:.3f}", f"{e['holdout_log_loss']:.3f}", f"{e['kaggle_log_loss']:.3f}"]
+    text = " ".join(README.split())
+    cut = round(sd["log_loss"]["mean"] - r["holdout_log_loss"], 3)
+    assert f"by about {sd['log_loss']['sd']:.4f} (one sd) here, and three members cut it by {cut}" in text
+    assert f"three seeds gave holdout log loss {sd['log_loss']['mean']:.3f} with a standard deviation of " in text
