@@ -79,23 +79,12 @@ def score_teacher(threshold: float) -> None:
 
 
 def edge_submission(out: str) -> None:
-    """In a project: the edge net's own submission file, as the submission stage writes the ensemble's."""
-    import numpy as np
-
-    from dogs_vs_cats.common import write_csv
-    from dogs_vs_cats.inference import Predictor, predict_records
+    """In a project: the edge net's own submission file, written as the submission stage writes the ensemble's."""
     from dogs_vs_cats.params import load
-    from dogs_vs_cats.paths import EDGE_MODEL, RAW, prepared
-    from dogs_vs_cats.submission_file import read_ids
+    from dogs_vs_cats.paths import EDGE_MODEL
+    from dogs_vs_cats.stages.submission import write
 
-    p, _, names = predict_records(Predictor(EDGE_MODEL), prepared("test"))
-    by_id = {int(Path(n).stem): float(x) for n, x in zip(names, p)}
-    clip = load().submission.clip
-    rows = [
-        (i, f"{np.clip(by_id.get(i, 0.5), clip, 1 - clip):.6f}")
-        for i in sorted(read_ids(RAW / "sample_submission.csv"))
-    ]
-    write_csv(out, ["id", "label"], rows)
+    write(load(), EDGE_MODEL, Path(out))
 
 
 def submit(project: Path, env: dict, file: str) -> float | None:

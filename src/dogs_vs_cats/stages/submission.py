@@ -19,10 +19,15 @@ from ..submission_file import check, read_ids
 
 
 def run(params: Params) -> None:
+    write(params, MODEL, SUBMISSION)
+
+
+def write(params: Params, model: Path, out: Path) -> None:
+    """`model`'s answers for every test photo as Kaggle's checked `id,label` file `out`."""
     # Imported here so that `submit`, which only needs `check`, starts without TensorFlow.
     from ..inference import Predictor, predict_records
 
-    predictor = Predictor(MODEL)
+    predictor = Predictor(model)
     p, _, names = predict_records(predictor, prepared("test"))
     by_id = {int(Path(n).stem): float(x) for n, x in zip(names, p)}
     sample = RAW / "sample_submission.csv"
@@ -32,7 +37,7 @@ def run(params: Params) -> None:
         log(f"submission: warning: {len(missing)} test image(s) undecodable, given p = 0.5: {missing[:10]}")
     clip = params.submission.clip
     rows = [(i, f"{np.clip(by_id.get(i, 0.5), clip, 1 - clip):.6f}") for i in ids]
-    with atomic_path(SUBMISSION) as tmp:
+    with atomic_path(out) as tmp:
         write_csv(tmp, ["id", "label"], rows)
-        check(tmp, sample, shown=SUBMISSION)  # a file Kaggle would reject never replaces the last good one
-    log(f"submission: {len(rows)} rows -> {SUBMISSION} (clipped to [{clip}, {1 - clip}])")
+        check(tmp, sample, shown=out)  # a file Kaggle would reject never replaces the last good one
+    log(f"submission: {len(rows)} rows -> {out} (clipped to [{clip}, {1 - clip}])")
