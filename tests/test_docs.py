@@ -230,6 +230,11 @@ def test_the_readmes_unlabelled_sentence_is_its_result_files():
     assert r["holdout_accuracy"] == r["teacher"]["holdout_accuracy"]
     assert float(found.group(1)) == round(r["teacher"]["holdout_log_loss"] - r["holdout_log_loss"], 3)
     assert float(found.group(2)) == round(r["train_wall_s"] / r["teacher"]["train_wall_s"], 2)
+    found = re.search(r"Seed 7's student gains (\d\.\d) points and (\d\.\d+) of log loss", text)
+    r = _load("bench/results/accuracy-fixmatch-kaggle-large-seed7.json")
+    assert found and r["overrides"]["ensemble.seeds"] == [7]
+    assert float(found.group(1)) == round(100 * (r["holdout_accuracy"] - r["teacher"]["holdout_accuracy"]), 1)
+    assert float(found.group(2)) == round(r["teacher"]["holdout_log_loss"] - r["holdout_log_loss"], 3)
     small = _load("bench/results/accuracy-fixmatch-kaggle-seed42.json")  # "worse than its teacher"
     assert small["holdout_accuracy"] < small["teacher"]["holdout_accuracy"]
     assert small["holdout_log_loss"] > small["teacher"]["holdout_log_loss"]
