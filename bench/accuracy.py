@@ -177,7 +177,10 @@ def main() -> int:
     teacher = teacher_holdout(project, env, unlabelled_params["threshold"]) if student.get("used") else None
     ensemble = json.loads((project / "metrics/ensemble.json").read_text())
     edge = json.loads((project / "metrics/export_forms.json").read_text())["keras"]
+    made = project / "metrics/edge.json"  # a project from before the edge stage: ensemble.json named the member
+    made = json.loads(made.read_text()) if made.exists() else {"distilled": False, "seed": ensemble.get("edge")}
     train_wall = sum(m["train"]["wall_s"] + m["student"].get("wall_s", 0) for m in members.values())
+    train_wall += made.get("wall_s", 0)  # distillation is training too
     result = {
         "overrides": settings,
         **({"note": args.note} if args.note else {}),
@@ -207,9 +210,11 @@ def main() -> int:
                     for s, m in members.items()
                 },
                 "spread": ev["spread"],
-                "ensemble": {k: ensemble[k] for k in ("temperature", "val_ensemble", "edge")},
+                "ensemble": {k: ensemble[k] for k in ("temperature", "val_ensemble")},
                 "edge": {
-                    "seed": ensemble["edge"],
+                    "seed": made["seed"],
+                    "distilled": made["distilled"],
+                    **{k: made[k] for k in ("epochs", "test_photos", "val_log_loss", "wall_s") if made["distilled"]},
                     "holdout_accuracy": edge["accuracy"],
                     "holdout_log_loss": edge["log_loss"],
                     "kaggle_log_loss": edge_kaggle,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Quantisation: where an integer file's bytes go, and each way of putting the weights in 4 bits.
 
-Takes a project folder whose `dvc repro` has run (its edge net data/model/edge.keras, prepared train and holdout
+Takes a project folder whose `dvc repro` has run (its edge net data/edge/model.keras, prepared train and holdout
 photos), converts the model to float32 TFLite as the export stage does, then quantises it with
 ai-edge-quantizer in every combination of:
 - the range each channel's 4 bits cover: min-max, MSE or OCTAV (clipped to minimise the error);

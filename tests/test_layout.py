@@ -116,9 +116,11 @@ def test_dvc_yaml_outputs_are_the_paths_the_code_writes():
     runs = (member.teacher_run, member.student_run)
     written |= {str(p) for r in runs for p in (r.metrics, r.log, r.val_log)} | {str(member.unlabelled)}
     written |= {str(member.teacher.parent), str(member.model.parent)}
+    written |= {str(p) for p in (paths.EDGE_RUN.log, paths.EDGE_RUN.val_log)}
     inside = {paths.MODEL, paths.EDGE_MODEL, paths.MEMBERS, paths.MEMBER_METRICS}  # in declared folders
-    working = {paths.DOWNLOAD_STAGING, paths.TRAIN_STATE, paths.STUDENT_STATE}
+    working = {paths.DOWNLOAD_STAGING, paths.TRAIN_STATE, paths.STUDENT_STATE, paths.EDGE_STATE}
     stage_outputs = written - {str(v) for v in inside | working}
     assert declared == stage_outputs
-    assert paths.MODEL.parent == paths.EDGE_MODEL.parent == paths.MODEL_DIR
+    assert paths.MODEL.parent == paths.MODEL_DIR and paths.EDGE_MODEL.parent == paths.EDGE_DIR
+    assert (paths.EDGE_RUN.model, paths.EDGE_RUN.metrics) == (paths.EDGE_MODEL, paths.EDGE_METRICS)
     assert all(r.state.parent in (paths.TRAIN_STATE, paths.STUDENT_STATE) for r in runs)

@@ -207,3 +207,16 @@ def test_each_member_trains_with_its_own_seed_and_train_seed_is_no_key_of_its_ow
         P.ParamError, match=re.escape("train.seed is set per ensemble member; list the seeds in ensemble.seeds")
     ):
         P.from_dict({"train": {"seed": 7}})
+
+
+def test_distilling_needs_two_members_and_one_device_and_continues_the_best_members_recipe():
+    with pytest.raises(P.ParamError, match=re.escape("edge.distil = true is invalid with one ensemble member")):
+        P.from_dict({"edge": {"distil": True}})
+    with pytest.raises(P.ParamError, match=re.escape("train.strategy = 'mirrored' is invalid with edge.distil")):
+        P.from_dict({"edge": {"distil": True}, "ensemble": {"seeds": [42, 7]}, "train": {"strategy": "mirrored"}})
+    params = P.from_dict(
+        {"edge": {"distil": True, "epochs": 12, "learning_rate": 0.002}, "ensemble": {"seeds": [42, 7]}}
+    )
+    t = P.distilled(params, 7).train
+    assert (t.seed, t.epochs, t.learning_rate, t.low_res_size, t.warmup_epochs) == (7, 12, 0.002, 0, 1)
+    assert P.replace(t, seed=42, epochs=120, learning_rate=0.003, low_res_size=96, warmup_epochs=3) == params.train

@@ -439,3 +439,28 @@ def test_student_killed_mid_way_resumes_from_its_last_checkpoint(tmp_path):
     assert f"resuming after epoch {killed_at}" in result.stderr
     assert json.loads((project / "metrics/members/42/student.json").read_text())["epochs"] == 5
     assert not (project / "data/student_state/42").exists()
+
+
+def test_distillation_killed_mid_way_resumes_and_learns_from_the_test_photos_when_asked(tmp_path):
+    settings = {"train.epochs": 2, "ensemble.seeds": [42, 7], "train.validation_freq": 5}
+    stages = ("download", "split", "prepare", "train", "student", "ensemble")
+    project = tiny_project(tmp_path, 16, stages, **settings)
+    set_params(project, **{"edge.distil": True, "edge.epochs": 5, "edge.test_photos": True})
+    state = project / "data/edge_state/state.json"
+
+    def past_two():
+        try:
+            return json.loads(state.read_text())["epoch"] >= 2
+        except (OSError, ValueError):
+            return False
+
+    _kill_when(["edge"], project, past_two)
+    killed_at = json.loads(state.read_text())["epoch"]
+    assert not (project / "data/edge/model.keras").exists()
+    result = run_cli(["edge"], project)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming after epoch {killed_at}" in result.stderr
+    assert "on the training photos and 16 test photos" in result.stderr
+    report = json.loads((project / "metrics/edge.json").read_text())
+    assert (report["distilled"], report["epochs"], report["test_photos"]) == (True, 5, 16)
+    assert not (project / "data/edge_state").exists()

@@ -20,13 +20,14 @@ from .paths import Run, prepared
 from .records import read_records
 
 LOG_FIELDS = ["epoch", "accuracy", "loss", "log_loss", "learning_rate", "train_s"]
-# The student's share of unlabelled photos past the threshold (consistency.py): a column only where logged.
-OPTIONAL_FIELDS = ["past_threshold"]
+# The student's share of unlabelled photos past the threshold (consistency.py), and the distilled net's
+# share of photos where it picks the ensemble's answer (distillation.py): a column only where logged.
+OPTIONAL_FIELDS = ["past_threshold", "agreement"]
 # Validated epochs only (train.validation_freq): a file of its own, since DVC's plots draw an
 # empty CSV cell as 0, not as a gap.
 VAL_FIELDS = ["epoch", "val_accuracy", "val_loss", "val_log_loss"]
 # What each epoch logs: Keras' training metrics, and on validated epochs those Validation adds.
-KERAS_LOGS = ("accuracy", "loss", "log_loss", "past_threshold", "val_accuracy", "val_loss", "val_log_loss")
+KERAS_LOGS = ("accuracy", "loss", "log_loss", "past_threshold", "agreement", "val_accuracy", "val_loss", "val_log_loss")
 
 
 class Validation:

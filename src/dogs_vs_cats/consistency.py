@@ -23,7 +23,7 @@ import keras
 import tensorflow as tf
 
 from .inputs import augmenter, train_dataset
-from .model import from_params
+from .model import from_params, plain_net
 from .params import Augment, Params
 from .paths import prepared
 from .records import read_records
@@ -207,6 +207,4 @@ def warmup_epochs(epochs: int, steps: int) -> int:
 
 def teacher_weights(path: Path) -> list:
     """The plain net's weights inside the shipped teacher (which wraps it in its test-time views)."""
-    shipped = keras.models.load_model(path)
-    inner = [layer for layer in shipped.layers if isinstance(layer, keras.Model)]
-    return (inner[0] if inner else shipped).get_weights()
+    return plain_net(keras.models.load_model(path)).get_weights()

@@ -109,16 +109,18 @@ def train_dataset(
     shard: tuple[int, int] = (0, 1),
     batch_size: int | None = None,
     source: Path | None = None,
+    records=None,
 ):
     """Shuffled, augmented training batches at `size` px, streamed from `source` (the prepared training
     images by default), epoch after epoch.
 
     `shard` (i, n) keeps every n-th record from the i-th, in batches of `batch_size`: one worker's
-    part of a multi-worker run.
+    part of a multi-worker run. `records`, a dataset of (image, label, name), replaces `source`'s.
     """
     t = params.train
     index, count = shard
-    records = read_records(source or prepared("train"), params.prepare.image_size)
+    if records is None:
+        records = read_records(source or prepared("train"), params.prepare.image_size)
     batches = (
         (records.shard(count, index) if count > 1 else records)
         .map(lambda x, y, name: (x, y))

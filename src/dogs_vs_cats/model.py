@@ -129,6 +129,12 @@ def from_params(t, image_size: int | None) -> keras.Model:
     )
 
 
+def plain_net(shipped: keras.Model) -> keras.Model:
+    """The net inside a shipped model, without the test-time views with_tta wrapped it in."""
+    inner = [layer for layer in shipped.layers if isinstance(layer, keras.Model)]
+    return inner[0] if inner else shipped
+
+
 def with_tta(net: keras.Model, *, flip: bool = True, crop: float = 0.0) -> keras.Model:
     """Average the net's output over test-time views: the mirror image, a centre crop, or both.
 

@@ -154,6 +154,14 @@ class Ensemble:
 
 
 @dataclass(frozen=True)
+class Edge:
+    distil: bool = setting(False, _FLAG)
+    test_photos: bool = setting(False, _FLAG)
+    epochs: int = setting(30, _between(1, 10_000))
+    learning_rate: float = setting(0.001, _between(0, 10, lo_open=True))
+
+
+@dataclass(frozen=True)
 class Submission:
     clip: float = setting(0.01, _between(0, 0.5, hi_open=True))
 
@@ -173,6 +181,7 @@ class Params:
     train: Train = section(Train)
     unlabelled: Unlabelled = section(Unlabelled)
     ensemble: Ensemble = section(Ensemble)
+    edge: Edge = section(Edge)
     submission: Submission = section(Submission)
     export: Export = section(Export)
 
@@ -268,6 +277,16 @@ def from_dict(raw: Any) -> Params:
             f"params.yaml: train.strategy = {t.strategy!r} is invalid with unlabelled.enabled: the student "
             "trains on one device only; set train.strategy to default"
         )
+    if params.edge.distil and len(params.ensemble.seeds) < 2:
+        raise ParamError(
+            "params.yaml: edge.distil = true is invalid with one ensemble member: there is no ensemble to "
+            "distil; list two or more seeds in ensemble.seeds, or set edge.distil to false"
+        )
+    if params.edge.distil and t.strategy != "default":
+        raise ParamError(
+            f"params.yaml: train.strategy = {t.strategy!r} is invalid with edge.distil: distillation "
+            "trains on one device only; set train.strategy to default"
+        )
     return params
 
 
@@ -293,6 +312,22 @@ def student(params: Params) -> Params:
             learning_rate=u.learning_rate,
             warmup_epochs=1 if u.epochs > 1 else 0,
             ema=u.ema,
+        ),
+    )
+
+
+def distilled(params: Params, seed: int) -> Params:
+    """The params the edge net is distilled with: member `seed`'s recipe, continued from its weights for
+    `edge.epochs` at `prepare.image_size` (no small-image phase), a one-epoch warm-up to its own rate."""
+    member, e = for_member(params, seed), params.edge
+    return replace(
+        member,
+        train=replace(
+            member.train,
+            epochs=e.epochs,
+            low_res_size=0,
+            learning_rate=e.learning_rate,
+            warmup_epochs=1 if e.epochs > 1 else 0,
         ),
     )
 

@@ -14,9 +14,10 @@ RAW = Path("data/raw")  # download: train.zip, test.zip, sample_submission.csv
 SPLIT = Path("data/split")  # split: train.csv, val.csv, holdout.csv
 PREPARED = Path("data/prepared")  # prepare: one TFRecord file per set
 MEMBERS = Path("data/members")  # train@SEED, student@SEED: one folder per ensemble member (member())
-MODEL_DIR = Path("data/model")  # ensemble: the models evaluate, submission and export read
+MODEL_DIR = Path("data/model")  # ensemble: the model evaluate and submission read
 MODEL = MODEL_DIR / "model.keras"  # the members combined (with one member, its model as it is)
-EDGE_MODEL = MODEL_DIR / "edge.keras"  # the one net export ships: the member with the lowest validation log loss
+EDGE_DIR = Path("data/edge")  # edge: the one net export ships
+EDGE_MODEL = EDGE_DIR / "model.keras"  # the member with the lowest validation log loss, or distilled from the ensemble
 SUBMISSION = Path("data/submission.csv")  # submission
 EXPORT = Path("data/export")  # export: model_<form>.tflite
 
@@ -24,6 +25,7 @@ EXPORT = Path("data/export")  # export: model_<form>.tflite
 PREPARE_REPORT = Path("metrics/prepare.json")
 MEMBER_METRICS = Path("metrics/members")  # each member's logs and reports, a folder per seed (member())
 ENSEMBLE_METRICS = Path("metrics/ensemble.json")  # the members, their validation scores, the combined temperature
+EDGE_METRICS = Path("metrics/edge.json")  # which net export ships, and how it was made
 TRAIN_CURVES = Path("metrics/training_curves.png")  # the first member's logs drawn by evaluate: the demo's figure
 EVAL_METRICS = Path("metrics/eval.json")
 EVAL_PLOTS = Path("metrics/plots")  # confusion, ROC and precision-recall as CSV; confusion.png and roc.png
@@ -35,6 +37,7 @@ EXPORT_REPORT = Path("metrics/export_forms.json")  # every form: size, scores an
 DOWNLOAD_STAGING = Path("data/.download")  # partial downloads the kaggle client resumes
 TRAIN_STATE = Path("data/train_state")  # per-epoch checkpoints a killed run resumes from, a folder per seed
 STUDENT_STATE = Path("data/student_state")
+EDGE_STATE = Path("data/edge_state")
 
 SETS = ("train", "val", "holdout")  # the labelled sets split writes and prepare stores
 
@@ -104,3 +107,14 @@ class Member:
             val_log=r / "student_val_log.csv",
             state=STUDENT_STATE / str(self.seed),
         )
+
+
+EDGE_RUN = Run(
+    stage="edge",
+    source=prepared("train"),  # the labelled photos; the test photos come through its learner (distillation.py)
+    model=EDGE_MODEL,
+    metrics=EDGE_METRICS,
+    log=Path("metrics/edge_log.csv"),
+    val_log=Path("metrics/edge_val_log.csv"),
+    state=EDGE_STATE,
+)

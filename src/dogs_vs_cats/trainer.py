@@ -156,6 +156,8 @@ def train(params: Params, run: Run, callbacks: tuple = (), extra: dict | None = 
         net, history = resume(run, fp, average)
         if net is None:
             net = learner.build(params, steps)  # a stale average from a refused checkpoint is harmless: update 0 copies
+        if hasattr(learner, "attach"):  # what a learner needs beside the net, built or resumed (distillation.py)
+            learner.attach(net, params)
     log(
         f"{run.stage}: {t.model} ({net.count_params():,} params, batch_norm={t.batch_norm}"
         f"{'' if t.batch_norm_expand else ' (squeezes only)'}, bypass={t.bypass}) on {n_train} images, "

@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-STAGES = ("download", "split", "prepare", "train", "student", "ensemble", "evaluate", "submission", "export")
+STAGES = ("download", "split", "prepare", "train", "student", "ensemble", "edge", "evaluate", "submission", "export")
 # One run per ensemble member (dvc.yaml: foreach over ensemble.seeds, `STAGE --seed SEED`).
 MEMBER_STAGES = ("train", "student")
 # The stages that neither read nor write a model start without TensorFlow.

@@ -1,15 +1,14 @@
 """Stage `ensemble`: the members' models, one per seed in `ensemble.seeds`, combined into the model
-that `evaluate` and `submission` read (data/model/model.keras), and the one net `export` ships
-(data/model/edge.keras).
+that `evaluate` and `submission` read (data/model/model.keras). Each member's validation scores go
+to metrics/ensemble.json, from which the `edge` stage picks the net `export` ships.
 
 Several nets trained alike but from different seeds make different mistakes, and the competition
 scores log loss, which punishes a confident mistake most: averaging their log-odds (a geometric
 mean of their odds) softens exactly those. The mean is then recalibrated by one temperature fitted
 on validation, as each member was: averaging makes answers less sure than any member's alone.
 
-The edge net is the member with the lowest validation log loss: a single SqueezeNet, as small and
-fast as one member. With one member both files are that member's model, copied as it is, so the
-default pipeline costs nothing more. Only validation is read; the holdout stays `evaluate`'s.
+With one member the model is that member's, copied as it is, so the default pipeline costs nothing
+more. Only validation is read; the holdout stays `evaluate`'s.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from ..calibrate import fit_temperature
 from ..common import UserError, atomic_path, log, scores, write_json
 from ..inference import Predictor, predict_records
 from ..params import Params
-from ..paths import EDGE_MODEL, ENSEMBLE_METRICS, MODEL, Member, prepared
+from ..paths import ENSEMBLE_METRICS, MODEL, Member, prepared
 
 
 def log_odds(p: np.ndarray) -> np.ndarray:
@@ -63,15 +62,13 @@ def run(params: Params) -> None:
         p, y, _ = predict_records(Predictor(path), prepared("val"))
         val[seed] = (p, y)
     member_scores = {str(s): _brief(scores(*val[s])) for s in seeds}
-    edge = min(seeds, key=lambda s: (member_scores[str(s)]["log_loss"], seeds.index(s)))
-    report = {"members": len(seeds), "seeds": seeds, "edge": edge, "val": member_scores}
+    report = {"members": len(seeds), "seeds": seeds, "val": member_scores}
 
     if len(seeds) == 1:
-        for target in (MODEL, EDGE_MODEL):
-            with atomic_path(target, suffix=".keras") as tmp:
-                shutil.copyfile(paths[0], tmp)
+        with atomic_path(MODEL, suffix=".keras") as tmp:
+            shutil.copyfile(paths[0], tmp)
         write_json(ENSEMBLE_METRICS, report)
-        log(f"ensemble: one member (seed {seeds[0]}); {MODEL} and {EDGE_MODEL} are its model")
+        log(f"ensemble: one member (seed {seeds[0]}); {MODEL} is its model")
         return
 
     y = val[seeds[0]][1]
@@ -80,8 +77,6 @@ def run(params: Params) -> None:
     model = combine(paths, seeds, temperature, params.prepare.image_size)
     with atomic_path(MODEL, suffix=".keras") as tmp:
         model.save(tmp)
-    with atomic_path(EDGE_MODEL, suffix=".keras") as tmp:
-        shutil.copyfile(Member(edge).model, tmp)
     p, _, _ = predict_records(Predictor(MODEL), prepared("val"))
     combined = scores(p, y)
     report.update(
@@ -92,5 +87,5 @@ def run(params: Params) -> None:
     log(
         f"ensemble: {len(seeds)} members (seeds {', '.join(map(str, seeds))}), temperature {temperature:.3f}; "
         f"validation log loss {combined['log_loss']} against the members' "
-        f"{', '.join(str(member_scores[str(s)]['log_loss']) for s in seeds)}; edge net: seed {edge}"
+        f"{', '.join(str(member_scores[str(s)]['log_loss']) for s in seeds)}"
     )
