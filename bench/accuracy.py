@@ -7,7 +7,7 @@ the fake server, and prints holdout accuracy, log loss, the Kaggle score and wal
 time. `--set train.epochs=10` style overrides try a lever; `--keep DIR` keeps the run;
 `--shared ../shared/kaggle-large` runs on the competition-sized fixture.
 
-    .venv/bin/python bench/accuracy.py [--set KEY=VALUE ...] [--shared DIR] [--keep DIR]
+    .venv/bin/python bench/accuracy.py [--recipe FILE] [--set KEY=VALUE ...] [--shared DIR] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -87,6 +87,16 @@ def edge_submission(out: str) -> None:
     write(load(), EDGE_MODEL, Path(out))
 
 
+def recipe(path: Path) -> dict:
+    """A recipe file's params as {dotted.key: value}, as --set gives them."""
+
+    def flat(node, prefix=""):
+        for k, v in node.items():
+            yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+
+    return dict(flat(yaml.safe_load(path.read_text()) or {}))
+
+
 def submit(project: Path, env: dict, file: str) -> float | None:
     """Upload `file` to the fake Kaggle server with the real client; its public log loss, or None."""
     out = subprocess.run(
@@ -124,6 +134,7 @@ def main() -> int:
         help="with --keep (and the run's own --set list, not applied again): finish a stopped run in that "
         "folder; dvc repro runs only what is left, so memory and repro time cover only those stages",
     )
+    ap.add_argument("--recipe", type=Path, help="a YAML file of params to override (bench/recipes/); --set wins")
     ap.add_argument("--note", default="", help="run conditions for the result file: alone or shared, and why")
     ap.add_argument("--score-teacher", type=float, metavar="THRESHOLD", help=argparse.SUPPRESS)
     ap.add_argument("--edge-submission", metavar="FILE", help=argparse.SUPPRESS)
@@ -143,7 +154,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     project = copy_project(work / "project") if not (work / "project").exists() else work / "project"
     (work / "home").mkdir(exist_ok=True)
-    settings = overrides(args.set)
+    settings = {**recipe(args.recipe), **overrides(args.set)} if args.recipe else overrides(args.set)
     if settings and not args.resume:
         set_params(project, **settings)
 

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .common import P_FLOOR
 from .layers import TestTimeViews
 from .records import read_records
 
@@ -35,7 +36,7 @@ def fit_temperature(view_logits: np.ndarray, labels: np.ndarray) -> float:
     from scipy.optimize import minimize_scalar
 
     def nll(log_t):
-        p = np.clip(p_dog_of_views(view_logits, np.exp(log_t)), 1e-7, 1 - 1e-7)
+        p = np.clip(p_dog_of_views(view_logits, np.exp(log_t)), P_FLOOR, 1 - P_FLOOR)
         return -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
 
     best = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-6})

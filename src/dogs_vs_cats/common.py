@@ -10,6 +10,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# Every probability is clipped to [P_FLOOR, 1 - P_FLOOR] before its log is taken: one floor for scores,
+# calibration and the ensemble's log-odds, so they agree.
+P_FLOOR = 1e-7
+
 # The CPU flags of native bf16 arithmetic (AVX-512 BF16, AMX): where mixed_bfloat16 pays.
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
@@ -115,6 +119,6 @@ def scores(p, y) -> dict:
     return {
         "images": int(len(y)),
         "accuracy": round(float(np.mean((p >= 0.5) == (y == 1))), 4),
-        "log_loss": round(float(skm.log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1])), 4),
+        "log_loss": round(float(skm.log_loss(y, np.clip(p, P_FLOOR, 1 - P_FLOOR), labels=[0, 1])), 4),
         "roc_auc": round(float(skm.roc_auc_score(y, p)), 4) if both else None,
     }

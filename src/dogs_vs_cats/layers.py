@@ -11,6 +11,8 @@ import functools
 import keras
 from keras import layers
 
+from .common import P_FLOOR
+
 
 @functools.cache
 def fused_batch_norm_wanted() -> bool:
@@ -155,7 +157,7 @@ class LogitMean(layers.Layer):
         self.temperature = float(temperature)
 
     def call(self, members):
-        p = keras.ops.clip(keras.ops.stack(members, axis=0), 1e-7, 1.0)
+        p = keras.ops.clip(keras.ops.stack(members, axis=0), P_FLOOR, 1.0)
         gap = keras.ops.mean(keras.ops.log(p[..., 1]) - keras.ops.log(p[..., 0]), axis=0) / self.temperature
         dog = keras.ops.sigmoid(gap)
         return keras.ops.stack([1.0 - dog, dog], axis=-1)

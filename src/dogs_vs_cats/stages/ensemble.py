@@ -18,7 +18,7 @@ import shutil
 import numpy as np
 
 from ..calibrate import fit_temperature
-from ..common import UserError, atomic_path, log, scores, write_json
+from ..common import P_FLOOR, UserError, atomic_path, log, scores, write_json
 from ..inference import Predictor, predict_records
 from ..params import Params
 from ..paths import ENSEMBLE_METRICS, MODEL, Member, prepared
@@ -26,7 +26,7 @@ from ..paths import ENSEMBLE_METRICS, MODEL, Member, prepared
 
 def log_odds(p: np.ndarray) -> np.ndarray:
     """log P(dog) - log P(cat), clipped as the LogitMean layer clips."""
-    p = np.clip(p, 1e-7, 1 - 1e-7)
+    p = np.clip(p, P_FLOOR, 1 - P_FLOOR)
     return np.log(p) - np.log1p(-p)
 
 
