@@ -246,3 +246,20 @@ def test_the_readmes_ensemble_sentence_is_its_result_file():
     sd = r["spread"]["log_loss"]
     assert float(found.group(1)) == round(sd["sd"], 4)
     assert float(found.group(2)) == round(sd["mean"] - r["holdout_log_loss"], 3)
+
+
+def test_the_full_data_recipe_is_its_file_the_readmes_command_and_the_recorded_run():
+    import yaml
+
+    def flat(node, prefix=""):
+        for k, v in node.items():
+            yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+
+    recipe = dict(flat(yaml.safe_load((ROOT / "bench/recipes/full-data.yaml").read_text())))
+    assert "`bench/recipes/full-data.yaml`" in README
+    line = next(x for x in README.splitlines() if x.startswith("dvc exp run -S split.n_train="))
+    words = line.split()[3:]
+    pairs = dict(w.strip("'").split("=", 1) for w in words[1::2])
+    assert words[0::2] == ["-S"] * len(pairs) and {k: yaml.safe_load(v) for k, v in pairs.items()} == recipe
+    run = _load("bench/results/accuracy-full-data-ensemble2-kaggle-large.json")
+    assert run["overrides"] == recipe and "kaggle-large" in run["competition"]
