@@ -38,7 +38,7 @@ def bench(script: str, *args: str, cwd=ROOT, timeout: float = 600) -> dict:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A tiny project whose every stage has run: what the benches that read a project need."""
-    stages = ("download", "split", "prepare", "train", "student", "ensemble", "evaluate", "export")
+    stages = ("download", "split", "prepare", "train", "student", "ensemble", "edge", "evaluate", "export")
     return tiny_project(tmp_path_factory.mktemp("bench"), 6, stages, **{"train.epochs": 2})
 
 
@@ -58,7 +58,8 @@ def test_accuracy_runs_the_pipeline_and_scores_it_and_a_student_is_added_without
     quick = ["--set=train.epochs=2", "--set=export.calibration_images=8", "--set=export.latency_runs=2"]
     r = bench("accuracy.py", "--shared", str(shared), "--keep", str(tmp_path), *TINY_SET, *quick)
     assert 0 <= r["holdout_accuracy"] <= 1 and r["kaggle_log_loss"] is not None
-    assert {"train@42", "student@42", "ensemble", "evaluate", "export"} <= set(r["stages"])  # a member's, by seed
+    # A member's stages are named by its seed.
+    assert {"train@42", "student@42", "ensemble", "edge", "evaluate", "export"} <= set(r["stages"])
 
     # add_student.sh carries the kept run's own settings over only as far as its seed: give the tiny ones again.
     tiny = [f"{k}={v}" for k, v in TINY.items()] + ["train.epochs=2", "export.calibration_images=8"]

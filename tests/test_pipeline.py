@@ -214,7 +214,7 @@ def test_changing_a_training_param_does_not_rerun_download_split_or_prepare(repr
     set_params(p, **{"train.label_smoothing": 0.05})
     result = dvc(["status", "--json"], p, env)
     changed = set(json.loads(result.stdout))
-    assert changed == MEMBER  # the student trains by the teacher's recipe
+    assert changed == MEMBER | {"edge"}  # the student trains by the teacher's recipe, and so would distillation
     set_params(p, **{"train.label_smoothing": SMALL.get("train.label_smoothing", 0.1)})
 
 
@@ -245,11 +245,13 @@ def _edit_and_status(repro, rel: str) -> set[str]:
 def test_editing_code_reruns_exactly_the_stages_that_run_it(repro):
     assert json.loads(dvc(["status", "--json"], repro["project"], repro["env"]).stdout) == {}
     # The layers the saved model is made of: training builds them, every reader of the model runs them.
-    readers = {"ensemble", "evaluate", "submission", "export"}
+    readers = {"ensemble", "edge", "evaluate", "submission", "export"}
     assert _edit_and_status(repro, "src/dogs_vs_cats/layers.py") == MEMBER | readers
-    assert _edit_and_status(repro, "src/dogs_vs_cats/model.py") == MEMBER
-    assert _edit_and_status(repro, "src/dogs_vs_cats/trainer.py") == MEMBER
+    # The edge stage trains too (with edge.distil), so it runs the trainer and builds the net.
+    assert _edit_and_status(repro, "src/dogs_vs_cats/model.py") == MEMBER | {"edge"}
+    assert _edit_and_status(repro, "src/dogs_vs_cats/trainer.py") == MEMBER | {"edge"}
     assert _edit_and_status(repro, "src/dogs_vs_cats/consistency.py") == {"student@42"}
+    assert _edit_and_status(repro, "src/dogs_vs_cats/distillation.py") == {"edge"}
     assert _edit_and_status(repro, "src/dogs_vs_cats/images.py") == {"prepare"}
     assert _edit_and_status(repro, "src/dogs_vs_cats/stages/ensemble.py") == {"ensemble"}
     assert _edit_and_status(repro, "src/dogs_vs_cats/params.py") == set(NAMED)

@@ -81,7 +81,7 @@ def test_the_strong_views_are_normalised_but_never_move_the_running_statistics()
 
 
 def test_the_students_warm_up_is_an_epoch_or_enough_epochs_to_make_sixty_steps():
-    from dogs_vs_cats.consistency import MIN_WARMUP_STEPS, warmup_epochs
+    from dogs_vs_cats.recipe import MIN_WARMUP_STEPS, warmup_epochs
 
     assert MIN_WARMUP_STEPS == 60
     assert warmup_epochs(30, 63) == 1  # 8,000 test photos, 128 a step
@@ -107,9 +107,12 @@ def test_the_student_reads_no_holdout_solution_or_split_file_and_validation_only
 def test_evaluate_submission_and_export_read_the_models_the_ensemble_makes_of_the_students():
     assert "data/members/${item}/model" in PIPELINE["student"]["do"]["outs"]
     assert "data/members" in PIPELINE["ensemble"]["deps"] and "data/model" in PIPELINE["ensemble"]["outs"]
-    for stage in ("evaluate", "submission", "export"):
+    for stage in ("evaluate", "submission"):
         deps = PIPELINE[stage]["deps"]
         assert "data/model" in deps and not any("teacher" in d for d in deps), stage
+    # export ships the edge stage's net, made of the students (the best, or taught by their ensemble).
+    assert "data/members" in PIPELINE["edge"]["deps"] and "data/model" in PIPELINE["edge"]["deps"]
+    assert "data/edge" in PIPELINE["export"]["deps"] and not any("teacher" in d for d in PIPELINE["export"]["deps"])
 
 
 @pytest.mark.parametrize(

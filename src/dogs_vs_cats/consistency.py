@@ -23,7 +23,7 @@ import keras
 import tensorflow as tf
 
 from .inputs import augmenter, train_dataset
-from .model import from_params, plain_net
+from .model import from_params, plain_weights
 from .params import Augment, Params
 from .paths import prepared
 from .records import read_records
@@ -163,12 +163,12 @@ class Consistency:
         return math.ceil(self.images(params) / (params.unlabelled.ratio * params.train.batch_size))
 
     def build(self, params: Params, steps: int) -> keras.Model:
-        from .recipe import compile_for_training
+        from .recipe import compile_for_training, warmup_epochs
 
         u, t = params.unlabelled, params.train
         graph = from_params(t, params.prepare.image_size)
         net = FixMatch(graph.inputs, graph.outputs, name=graph.name, threshold=u.threshold, weight=u.weight)
-        net.set_weights(teacher_weights(self.teacher))
+        net.set_weights(plain_weights(self.teacher))
         compile_for_training(net, replace(t, warmup_epochs=warmup_epochs(t.epochs, steps)), steps)
         return net
 
@@ -192,19 +192,3 @@ class Consistency:
         )
         both = tf.data.Dataset.zip((labelled, unlabelled)).map(lambda l, u: ((l[0], u[0], u[1]), l[1]))
         return both.prefetch(tf.data.AUTOTUNE)
-
-
-# A fresh optimiser moves every weight by about the learning rate in each of its first steps, and
-# a teacher at its optimum does not survive that for long: over a 4-step warm-up (a 500-photo
-# pool) the student collapsed to one class, where a 63-step one (8,000 photos) was fine.
-MIN_WARMUP_STEPS = 60
-
-
-def warmup_epochs(epochs: int, steps: int) -> int:
-    """The student's warm-up: one epoch, or as many as make MIN_WARMUP_STEPS, leaving one to decay."""
-    return max(0, min(max(1, math.ceil(MIN_WARMUP_STEPS / steps)), epochs - 1))
-
-
-def teacher_weights(path: Path) -> list:
-    """The plain net's weights inside the shipped teacher (which wraps it in its test-time views)."""
-    return plain_net(keras.models.load_model(path)).get_weights()

@@ -22,13 +22,12 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from .consistency import teacher_weights, warmup_epochs
 from .inputs import train_dataset
 from .layers import LogitMean
-from .model import from_params, plain_net
+from .model import from_params, plain_net, plain_weights
 from .params import Params
 from .paths import prepared
-from .recipe import compile_for_training
+from .recipe import compile_for_training, warmup_epochs
 from .records import count_records, read_records
 
 
@@ -107,7 +106,7 @@ class Distillation:
         t = params.train
         graph = from_params(t, params.prepare.image_size)
         net = Distil(graph.inputs, graph.outputs, name=graph.name)
-        net.set_weights(teacher_weights(self.start))
+        net.set_weights(plain_weights(self.start))
         compile_for_training(net, replace(t, warmup_epochs=warmup_epochs(t.epochs, steps)), steps)
         return net
 

@@ -135,6 +135,11 @@ def plain_net(shipped: keras.Model) -> keras.Model:
     return inner[0] if inner else shipped
 
 
+def plain_weights(path) -> list:
+    """The plain net's weights inside a shipped model file (which wraps it in its test-time views)."""
+    return plain_net(keras.models.load_model(path)).get_weights()
+
+
 def with_tta(net: keras.Model, *, flip: bool = True, crop: float = 0.0) -> keras.Model:
     """Average the net's output over test-time views: the mirror image, a centre crop, or both.
 
