@@ -419,19 +419,20 @@ def test_prepare_killed_mid_way_leaves_no_store_and_the_next_run_writes_the_same
     assert after_kill == digests() and len(after_kill) == 4
 
 
+def _checkpointed(state, epoch: int) -> bool:
+    """Whether the run's checkpoint file says it has finished `epoch` epochs."""
+    try:
+        return json.loads(state.read_text())["epoch"] >= epoch
+    except (OSError, ValueError):
+        return False
+
+
 def test_student_killed_mid_way_resumes_from_its_last_checkpoint(tmp_path):
     settings = {"train.epochs": 4, "unlabelled.enabled": True, "unlabelled.threshold": 0.5}
     settings |= {"unlabelled.epochs": 5, "unlabelled.ratio": 2, "train.validation_freq": 5}
     project = tiny_project(tmp_path, 16, ("download", "split", "prepare", "train"), **settings)
     state = project / "data/student_state/42/state.json"
-
-    def past_two():
-        try:
-            return json.loads(state.read_text())["epoch"] >= 2
-        except (OSError, ValueError):
-            return False
-
-    _kill_when(["student"], project, past_two)
+    _kill_when(["student"], project, lambda: _checkpointed(state, 2))
     killed_at = json.loads(state.read_text())["epoch"]
     assert not (project / "data/members/42/model/model.keras").exists()
     result = run_cli(["student"], project)
@@ -447,14 +448,7 @@ def test_distillation_killed_mid_way_resumes_and_learns_from_the_test_photos_whe
     project = tiny_project(tmp_path, 16, stages, **settings)
     set_params(project, **{"edge.distil": True, "edge.epochs": 5, "edge.test_photos": True})
     state = project / "data/edge_state/state.json"
-
-    def past_two():
-        try:
-            return json.loads(state.read_text())["epoch"] >= 2
-        except (OSError, ValueError):
-            return False
-
-    _kill_when(["edge"], project, past_two)
+    _kill_when(["edge"], project, lambda: _checkpointed(state, 2))
     killed_at = json.loads(state.read_text())["epoch"]
     assert not (project / "data/edge/model.keras").exists()
     result = run_cli(["edge"], project)

@@ -299,37 +299,25 @@ def for_member(params: Params, seed: int) -> Params:
     return replace(params, train=replace(params.train, seed=seed))
 
 
+def _continued(params: Params, epochs: int, learning_rate: float, **train) -> Params:
+    """A net that goes on from trained weights: `epochs` at `prepare.image_size` (no small-image phase),
+    a one-epoch warm-up to `learning_rate`; `train` overrides any other setting of the recipe."""
+    warmup = 1 if epochs > 1 else 0
+    t = replace(params.train, epochs=epochs, low_res_size=0, learning_rate=learning_rate, warmup_epochs=warmup)
+    return replace(params, train=replace(t, **train))
+
+
 def student(params: Params) -> Params:
     """The params the student trains with: the teacher's recipe, continued from the teacher's weights for
-    `unlabelled.epochs` at `prepare.image_size` (no small-image phase), a one-epoch warm-up to its own rate."""
+    `unlabelled.epochs`, with its own rate and weight average."""
     u = params.unlabelled
-    return replace(
-        params,
-        train=replace(
-            params.train,
-            epochs=u.epochs,
-            low_res_size=0,
-            learning_rate=u.learning_rate,
-            warmup_epochs=1 if u.epochs > 1 else 0,
-            ema=u.ema,
-        ),
-    )
+    return _continued(params, u.epochs, u.learning_rate, ema=u.ema)
 
 
 def distilled(params: Params, seed: int) -> Params:
     """The params the edge net is distilled with: member `seed`'s recipe, continued from its weights for
-    `edge.epochs` at `prepare.image_size` (no small-image phase), a one-epoch warm-up to its own rate."""
-    member, e = for_member(params, seed), params.edge
-    return replace(
-        member,
-        train=replace(
-            member.train,
-            epochs=e.epochs,
-            low_res_size=0,
-            learning_rate=e.learning_rate,
-            warmup_epochs=1 if e.epochs > 1 else 0,
-        ),
-    )
+    `edge.epochs` at `edge.learning_rate`."""
+    return _continued(for_member(params, seed), params.edge.epochs, params.edge.learning_rate)
 
 
 def load(path: str | Path = "params.yaml") -> Params:
