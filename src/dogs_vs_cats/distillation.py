@@ -122,7 +122,7 @@ class Distillation:
         t = params.train
         records = tf.data.Dataset.sample_from_datasets(
             [read_records(s, params.prepare.image_size).repeat() for s in self.sources],
-            weights=[1 - self.pool / self.images(params), self.pool / self.images(params)],
+            weights=[1 - self.pool / (n := self.images(params)), self.pool / n],
             seed=t.seed + 2,
         )
         return train_dataset(params, size, records=records)
