@@ -34,6 +34,7 @@ from benchlib import (  # noqa: E402
     machine,
     overrides,
     project_env,
+    recipe,
     run_group,
     set_params,
 )
@@ -85,16 +86,6 @@ def edge_submission(out: str) -> None:
     from dogs_vs_cats.stages.submission import write
 
     write(load(), EDGE_MODEL, Path(out))
-
-
-def recipe(path: Path) -> dict:
-    """A recipe file's params as {dotted.key: value}, as --set gives them."""
-
-    def flat(node, prefix=""):
-        for k, v in node.items():
-            yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
-
-    return dict(flat(yaml.safe_load(path.read_text()) or {}))
 
 
 def submit(project: Path, env: dict, file: str) -> float | None:

@@ -66,6 +66,17 @@ def overrides(items: list[str]) -> dict:
     return {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in items)}
 
 
+def recipe(path: Path) -> dict:
+    """A recipe file's params (bench/recipes/) as {dotted.key: value}, as --set gives them."""
+    import yaml
+
+    def flat(node, prefix=""):
+        for k, v in node.items():
+            yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+
+    return dict(flat(yaml.safe_load(Path(path).read_text()) or {}))
+
+
 def project_env(extra: dict | None = None, home: Path | None = None) -> dict:
     """Environment for subprocesses: our venv first, no real Kaggle credentials leaking in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}

@@ -251,11 +251,9 @@ def test_the_readmes_ensemble_sentence_is_its_result_file():
 def test_the_full_data_recipe_is_its_file_the_readmes_command_and_the_recorded_run():
     import yaml
 
-    def flat(node, prefix=""):
-        for k, v in node.items():
-            yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+    from benchlib import recipe as read_recipe
 
-    recipe = dict(flat(yaml.safe_load((ROOT / "bench/recipes/full-data.yaml").read_text())))
+    recipe = read_recipe(ROOT / "bench/recipes/full-data.yaml")
     assert "`bench/recipes/full-data.yaml`" in README
     line = next(x for x in README.splitlines() if x.startswith("dvc exp run -S split.n_train="))
     words = line.split()[3:]

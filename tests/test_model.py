@@ -367,6 +367,28 @@ def test_augmentation_depends_only_on_its_seed():
     assert np.array_equal(a, b) and not np.allclose(a, c)
 
 
+def test_a_prepared_store_is_counted_once_and_again_when_it_is_rewritten(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from dogs_vs_cats import records
+    from dogs_vs_cats.records import count_records, record
+
+    store = tmp_path / "train.tfrecord"
+
+    def write(n):
+        with tf.io.TFRecordWriter(str(store)) as w:
+            for i in range(n):
+                w.write(record(bytes(12), i % 2, f"cat.{i}.jpg"))
+
+    write(5)
+    reads = []
+    real = records._count.__wrapped__
+    monkeypatch.setattr(records, "_count", records.functools.lru_cache(lambda *a: reads.append(a) or real(*a)))
+    assert [count_records(store) for _ in range(3)] == [5, 5, 5] and len(reads) == 1
+    write(7)  # another size: the cache must not answer for the old file
+    assert count_records(store) == 7 and len(reads) == 2
+
+
 def test_training_batches_are_the_same_for_the_same_seed_and_change_every_epoch(tmp_path, monkeypatch):
     import tensorflow as tf
 

@@ -37,13 +37,14 @@ class Distil(keras.Model):
 
     The teacher is attached (`attach`), never tracked: the weights, the checkpoints and the
     shipped net are the student's alone. Fed (images, anything): the cross-entropy of the
-    student's P against the teacher's on the same images; the labels are not read.
+    student's P against the teacher's on the same images (its `loss`, the epoch log's only loss: there
+    is no label to take a log loss against); the labels are not read.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._teacher = None
-        self.means = {name: keras.metrics.Mean(name=name) for name in ("loss", "log_loss", "agreement")}
+        self.means = {name: keras.metrics.Mean(name=name) for name in ("loss", "agreement")}
 
     @property
     def metrics(self):
@@ -66,7 +67,6 @@ class Distil(keras.Model):
         self.optimizer.apply(tape.gradient(loss, self.trainable_variables), self.trainable_variables)
         agree = tf.cast(tf.argmax(p, axis=-1) == tf.argmax(target, axis=-1), tf.float32)
         self.means["loss"].update_state(loss)
-        self.means["log_loss"].update_state(loss)
         self.means["agreement"].update_state(agree)
         return {m.name: m.result() for m in self.metrics}
 

@@ -7,6 +7,7 @@ never imports the stage that wrote it.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from .common import UserError
@@ -33,12 +34,19 @@ def record(pixels: bytes, label: int, name: str) -> bytes:
 
 
 def count_records(path: Path) -> int:
-    """How many images a prepared file holds (records are counted, not decoded)."""
-    import tensorflow as tf
-
+    """How many images a prepared file holds (records are counted, not decoded; once per version of the file)."""
     if not Path(path).is_file():
         raise UserError(f"{path}: missing; run `dvc repro prepare` first")
-    return int(tf.data.TFRecordDataset(str(path)).reduce(0, lambda n, _: n + 1))
+    st = Path(path).stat()
+    return _count(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _count(path: str, size: int, mtime_ns: int) -> int:
+    """Counting reads the whole file: a learner asks for its epoch's size more than once."""
+    import tensorflow as tf
+
+    return int(tf.data.TFRecordDataset(path).reduce(0, lambda n, _: n + 1))
 
 
 def read_records(path: Path, size: int):
