@@ -401,6 +401,9 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1, help="alternating real/synthetic training measurements")
     ap.add_argument(
+        "--rss-images", type=int, default=4000, help="also the peak memory of prepare and train at this many images"
+    )
+    ap.add_argument(
         "--precision",
         choices=("auto", "float32", "mixed_bfloat16"),
         default=None,
@@ -446,9 +449,8 @@ def main() -> int:
         r = {"machine": machine()}
         r["prepare_all_cores"] = child("prepare", work, args.images, args.epochs)
         r["prepare_one_core"] = child("prepare1", work, args.images, args.epochs)
-        r["prepare_4000_peak_rss_mb"] = (
-            child("prepare", work, 4000, args.epochs)["peak_rss_mb"] if args.images != 4000 else None
-        )
+        at = args.rss_images if args.images != args.rss_images else None  # else measured already
+        r[f"prepare_{args.rss_images}_peak_rss_mb"] = child("prepare", work, at, 1)["peak_rss_mb"] if at else None
         reals, synths = [], []
         for i in range(args.repeats):
             reals.append(child("train_real", work, args.images, args.epochs, precision))
@@ -461,8 +463,8 @@ def main() -> int:
             )
         r["train_real"] = _median_run(reals)
         r["train_synthetic"] = _median_run(synths)
-        r["train_4000_peak_rss_mb"] = (
-            child("train_real", work, 4000, 1, precision)["peak_rss_mb"] if args.images != 4000 else None
+        r[f"train_{args.rss_images}_peak_rss_mb"] = (
+            child("train_real", work, at, 1, precision)["peak_rss_mb"] if at else None
         )
         pairs = [a["images_per_s"] / b["images_per_s"] for a, b in zip(reals, synths)]
         r["train_pairs_img_s"] = [[a["images_per_s"], b["images_per_s"]] for a, b in zip(reals, synths)]
@@ -473,6 +475,7 @@ def main() -> int:
             "train_real_over_synthetic": round(statistics.median(pairs), 2),
         }
     print(json.dumps(r, indent=2))
+    n = args.rss_images
     print(
         f"prepare {r['prepare_all_cores']['images_per_s']:.0f} img/s on all cores "
         f"({r['ratios']['prepare_all_cores_over_one']}x one core) | "
@@ -481,8 +484,9 @@ def main() -> int:
         f"(ratio {r['ratios']['train_real_over_synthetic']}, median of {len(pairs)}) | "
         f"predict {r['train_synthetic']['predict_batch_images_per_s']:.0f} img/s batched, "
         f"{r['train_synthetic']['predict_single_images_per_s']:.0f} img/s one by one | "
-        f"peak RSS prepare {r['prepare_all_cores']['peak_rss_mb']:.0f}/{r['prepare_4000_peak_rss_mb']} MB, "
-        f"train {r['train_real']['peak_rss_mb']:.0f}/{r['train_4000_peak_rss_mb']} MB ({args.images}/4000 images)"
+        f"peak RSS prepare {r['prepare_all_cores']['peak_rss_mb']:.0f}/{r[f'prepare_{n}_peak_rss_mb']} MB, "
+        f"train {r['train_real']['peak_rss_mb']:.0f}/{r[f'train_{n}_peak_rss_mb']} MB "
+        f"({args.images}/{args.rss_images} images)"
     )
     return 0
 

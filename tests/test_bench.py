@@ -86,8 +86,9 @@ def test_memory_runs_every_stage(shared):
 
 
 def test_speed_trains_on_real_and_synthetic_input():
-    r = bench("speed.py", "--images", "64", "--epochs", "1")
+    r = bench("speed.py", "--images", "64", "--epochs", "1", "--rss-images", "96")
     assert r["train_real"]["images_per_s"] > 0 and r["train_synthetic"]["images_per_s"] > 0
+    assert r["prepare_96_peak_rss_mb"] > 0 and r["train_96_peak_rss_mb"] > 0
 
 
 def test_bf16_trains_in_both_precisions():

@@ -135,9 +135,9 @@ def test_bad_unlabelled_params_are_one_clear_line(raw, words):
         from_dict(raw)
 
 
-@pytest.fixture
-def tiny(tmp_path):
-    """A tiny generated competition with 16 test photos, trained as far as the teacher."""
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny generated competition with 16 test photos, trained as far as the teacher: once per module."""
     settings = {
         "train.epochs": 4,
         "train.validation_freq": 2,
@@ -145,7 +145,15 @@ def tiny(tmp_path):
         "unlabelled.ratio": 2,
         "unlabelled.threshold": 0.5,  # every test photo teaches: with two classes one is always >= 0.5
     }
-    return tiny_project(tmp_path, 16, ("download", "split", "prepare", "train"), **settings)
+    return tiny_project(
+        tmp_path_factory.mktemp("unlabelled"), 16, ("download", "split", "prepare", "train"), **settings
+    )
+
+
+@pytest.fixture
+def tiny(trained, tmp_path):
+    """A copy of that project of the test's own, to change as it likes."""
+    return Path(shutil.copytree(trained, tmp_path / "project", symlinks=True))
 
 
 def _rows(path: Path) -> list[dict]:
