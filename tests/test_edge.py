@@ -419,6 +419,43 @@ def test_a_slowloris_of_64_clients_cuts_each_at_the_timeout_and_a_photo_is_answe
         server.task_dispatcher.shutdown()
 
 
+def test_a_photo_past_the_byte_limit_gets_its_413_while_the_client_is_still_sending_it(models):
+    # Refused from its header, the body is never kept; closed outright, the connection would be reset
+    # under the client's feet and it would see "connection reset" instead of the 413.
+    paths, _ = models
+    port, server = _in_process(paths, max_bytes=100_000, timeout_s=5)
+    try:
+        for size in [4_000_000] * 8:
+            status, body = post(port, b"x" * size)
+            assert status == 413 and "limit is 100000 bytes" in body["error"]
+        assert post(port, image_bytes("dog", (100, 80)))[0] == 200
+    finally:
+        server.close()
+        server.task_dispatcher.shutdown()
+
+
+def test_a_client_that_keeps_sending_after_its_413_is_cut_at_the_timeout(models):
+    paths, _ = models
+    port, server = _in_process(paths, max_bytes=1000, timeout_s=1)
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):  # the answer, then the service's end of sending
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 413") and b"limit is 1000 bytes" in answer, answer
+        start = time.monotonic()
+        with pytest.raises(OSError):  # what it still sends is read and dropped, until the deadline
+            while time.monotonic() - start < 10:
+                sock.sendall(b"x" * 65536)
+                time.sleep(0.01)
+        assert time.monotonic() - start < 1 + 2.0  # the deadline, and the once-a-second check
+        sock.close()
+    finally:
+        server.close()
+        server.task_dispatcher.shutdown()
+
+
 def test_a_header_or_body_past_its_limit_is_refused_in_one_json_line(models):
     paths, _ = models
     port, server = _in_process(paths, max_bytes=1000, timeout_s=5)

@@ -10,7 +10,8 @@ that trickles its bytes holds a socket and a small buffer, never a worker. It al
 header's size and the body's, and spools a body past a small buffer to a temporary file.
 
 Every request is bounded, so no client can take the service down:
-- bytes: the body may not exceed `max_bytes` (413, answered from the header, nothing read);
+- bytes: the body may not exceed `max_bytes` (413, answered from the header, nothing kept: what the
+  client still sends is discarded until it closes or `timeout_s` passes, so it reads the 413);
 - decode: a photo whose decoded size would pass `max_pixels`, or whose decode would take more than
   `max_decode_bytes` of memory in its mode, is refused from its header (413), before a pixel is
   decoded; one photo is decoded and scored at a time, so the service holds one decode's memory;
@@ -24,6 +25,7 @@ Every request is bounded, so no client can take the service down:
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 
@@ -133,15 +135,49 @@ def _server_classes():
             self.set_close_on_finish()
             self.content_length = len(body)
             self.write(body)
+            self.channel.refused_unread = True  # answered from the header: the client may still be sending
 
     class Channel(HTTPChannel):
         error_task_class = JsonErrorTask
         started = 0.0  # when the request now arriving sent its first byte
+        refused_unread = False
+        linger_until = 0.0  # past 0: answered and half-closed, discarding what the client still sends
 
         def received(self, data):
             if data and self.request is None:
                 self.started = time.time()
             return super().received(data)
+
+        def handle_close(self):
+            # A refusal sent before the body was read, then a plain close, would reset the connection
+            # while the client is still sending, and a reset makes the client drop the answer it has
+            # not read yet: it sees "connection reset" instead of the 413. So, as Apache and nginx do,
+            # end only the sending side and discard what still comes, until the client closes or the
+            # request's deadline passes again.
+            if not (self.refused_unread and self.connected) or self.linger_until:
+                return super().handle_close()
+            try:
+                self.socket.shutdown(socket.SHUT_WR)
+            except OSError:
+                return super().handle_close()
+            self.linger_until = time.time() + self.server.deadline
+            self.will_close = self.close_when_flushed = False
+
+        def readable(self):
+            return bool(self.linger_until) or super().readable()
+
+        def writable(self):
+            return not self.linger_until and super().writable()
+
+        def handle_read(self):
+            if not self.linger_until:
+                return super().handle_read()
+            try:
+                data = self.socket.recv(self.adj.recv_bytes)
+            except OSError:
+                data = b""
+            if not data or time.time() > self.linger_until:
+                super().handle_close()
 
     class DeadlineServer(TcpWSGIServer):
         """Cuts, with a 408, a connection whose request has not fully arrived `deadline` seconds after its
@@ -154,6 +190,10 @@ def _server_classes():
         def maintenance(self, now):
             super().maintenance(now)
             for channel in list(self.active_channels.values()):
+                if channel.linger_until:
+                    if now > channel.linger_until:  # a client that keeps sending after its refusal
+                        HTTPChannel.handle_close(channel)
+                    continue
                 arriving = channel.request is not None and not channel.requests  # complete ones are never cut
                 if not arriving or channel.will_close or channel.close_when_flushed:
                     continue
