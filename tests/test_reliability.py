@@ -53,8 +53,8 @@ def test_training_killed_mid_way_resumes_from_its_last_checkpoint(tiny):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = json.loads(state.read_text())["epoch"]
-    assert 2 <= killed_at < 5
+    killed_at, spent = (json.loads(state.read_text())[k] for k in ("epoch", "wall_s"))
+    assert 2 <= killed_at < 5 and spent > 0
     assert (tiny / "data/train_state/42/average.npz").is_file()  # the weight average is checkpointed with the net
     assert not (tiny / "data/members/42/teacher/model.keras").exists()  # no half-finished model for DVC to accept
 
@@ -66,7 +66,10 @@ def test_training_killed_mid_way_resumes_from_its_last_checkpoint(tiny):
     # Validated every 3rd epoch and after the last, across the kill: epochs 3 and 5.
     assert [int(r["epoch"]) for r in csv.DictReader(open(tiny / "metrics/members/42/val_log.csv"))] == [3, 5]
     assert all(float(r["train_s"]) > 0 for r in rows)
-    assert json.loads((tiny / "metrics/members/42/train.json").read_text())["epochs"] == 5
+    report = json.loads((tiny / "metrics/members/42/train.json").read_text())
+    assert report["epochs"] == 5
+    # Its cost counts the time before the kill too, not only the resumed epochs'.
+    assert report["wall_s"] >= spent + sum(float(r["train_s"]) for r in rows[killed_at:])
     assert (tiny / "data/members/42/teacher/model.keras").stat().st_size > 100_000
     assert not (tiny / "data/train_state/42").exists()
 

@@ -131,12 +131,26 @@ class WeightAverage(keras.callbacks.Callback):
 
 
 class EpochState(keras.callbacks.Callback):
-    """Time the training steps, validate on the validated epochs, log each epoch atomically, checkpoint for resume."""
+    """Time the training steps, validate on the validated epochs, log each epoch atomically, checkpoint for resume.
+    `wall_before` is the training time a resumed run had spent before it was stopped."""
 
-    def __init__(self, run: Run, fp: str, history: list[dict], validation: Validation, average: WeightAverage | None):
+    def __init__(
+        self,
+        run: Run,
+        fp: str,
+        history: list[dict],
+        validation: Validation,
+        average: WeightAverage | None,
+        wall_before: float = 0.0,
+    ):
         super().__init__()
         self.run, self.fp, self.history, self.validation, self.average = run, fp, history, validation, average
         self.train_seconds: list[float] = []
+        self.wall_before, self._start = wall_before, time.monotonic()
+
+    def wall_s(self) -> float:
+        """Training time so far, across every stop: what a run costs, however often it was resumed."""
+        return self.wall_before + time.monotonic() - self._start
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.monotonic()
@@ -163,7 +177,10 @@ class EpochState(keras.callbacks.Callback):
             self.model.save(tmp)
         if self.average is not None:
             self.average.save(state / "average.npz")
-        write_json(state / "state.json", {"fingerprint": self.fp, "epoch": epoch + 1, "history": self.history})
+        write_json(
+            state / "state.json",
+            {"fingerprint": self.fp, "epoch": epoch + 1, "wall_s": round(self.wall_s(), 1), "history": self.history},
+        )
 
 
 def write_logs(run: Run, history: list[dict]) -> None:
@@ -174,25 +191,26 @@ def write_logs(run: Run, history: list[dict]) -> None:
 
 
 def resume(run: Run, fp: str, average: WeightAverage | None):
-    """(model, history) from a matching checkpoint, or (None, []); restores `average` too."""
+    """(model, history, training seconds spent) from a matching checkpoint, or (None, [], 0.0); restores
+    `average` too. The time spent between the checkpoint and the stop is lost."""
     state_dir, stage = run.state, run.stage
     try:
         state = json.loads((state_dir / "state.json").read_text())
     except (OSError, ValueError):
-        return None, []
+        return None, [], 0.0
     if state.get("fingerprint") != fp or not (state_dir / "last.keras").is_file():
         log(f"{stage}: found a checkpoint from other params or data; starting afresh")
-        return None, []
+        return None, [], 0.0
 
     try:
         net = keras.models.load_model(state_dir / "last.keras")
     except Exception as exc:  # a damaged checkpoint must not stop training; just start over
         log(f"{stage}: checkpoint unreadable ({exc}); starting afresh")
-        return None, []
+        return None, [], 0.0
     if average is not None:
         average.set_model(net)
         if not average.load(state_dir / "average.npz"):
             log(f"{stage}: checkpoint has no usable weight average ({state_dir}/average.npz); starting afresh")
-            return None, []
+            return None, [], 0.0
     log(f"{stage}: resuming after epoch {state['epoch']} from {state_dir}/last.keras")
-    return net, state["history"]
+    return net, state["history"], float(state.get("wall_s", 0.0))

@@ -21,7 +21,6 @@ import json
 import math
 import shutil
 import sys
-import time
 
 import keras
 import tensorflow as tf
@@ -153,7 +152,7 @@ def train(params: Params, run: Run, callbacks: tuple = (), extra: dict | None = 
     # The average covers the last phase only: weights tuned to the small images would drag it back.
     average = WeightAverage(t.ema, start=plan[-2][0] + 1 if len(plan) > 1 else 1) if t.ema else None
     with strategy.scope():
-        net, history = resume(run, fp, average)
+        net, history, wall_before = resume(run, fp, average)
         if net is None:
             net = learner.build(params, steps)  # a stale average from a refused checkpoint is harmless: update 0 copies
         if hasattr(learner, "attach"):  # what a learner needs beside the net, built or resumed (distillation.py)
@@ -168,10 +167,9 @@ def train(params: Params, run: Run, callbacks: tuple = (), extra: dict | None = 
     # Validation only monitors (nothing is chosen by it), so it runs every validation_freq-th epoch
     # and always after the last, whose figures go to the run's metrics file.
     val_epochs = [e for e in range(1, t.epochs + 1) if e % t.validation_freq == 0 or e == t.epochs]
-    epoch_state = EpochState(run, fp, history, Validation(params, val_epochs), average)
-    start = time.monotonic()
+    epoch_state = EpochState(run, fp, history, Validation(params, val_epochs), average, wall_before)
     fit(params, run, learner, net, strategy, steps, history, [*([average] if average else []), epoch_state, *callbacks])
-    wall = time.monotonic() - start
+    wall = epoch_state.wall_s()
 
     final, temperature = calibrated(params, net.get_weights() if average is None else average.weights())
     ship(params, final, run.model)
