@@ -33,6 +33,7 @@ from benchlib import (  # noqa: E402
     fake_kaggle_for,
     machine,
     overrides,
+    params_changed,
     project_env,
     recipe,
     run_group,
@@ -122,8 +123,9 @@ def main() -> int:
     ap.add_argument(
         "--resume",
         action="store_true",
-        help="with --keep (and the run's own --set list, not applied again): finish a stopped run in that "
-        "folder; dvc repro runs only what is left, so memory and repro time cover only those stages",
+        help="with --keep: finish a stopped run in that folder (--set is not applied again; the result records "
+        "the kept params that differ from this checkout's); dvc repro runs only what is left, so memory and "
+        "repro time cover only those stages",
     )
     ap.add_argument("--recipe", type=Path, help="a YAML file of params to override (bench/recipes/); --set wins")
     ap.add_argument("--note", default="", help="run conditions for the result file: alone or shared, and why")
@@ -148,6 +150,8 @@ def main() -> int:
     settings = {**recipe(args.recipe), **overrides(args.set)} if args.recipe else overrides(args.set)
     if settings and not args.resume:
         set_params(project, **settings)
+    if args.resume:
+        settings = params_changed(project, ROOT)
 
     with fake_kaggle_for(args.shared) as fake:
         # The copy's own code runs, not this checkout's (which the venv's editable install points at):

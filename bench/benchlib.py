@@ -66,15 +66,25 @@ def overrides(items: list[str]) -> dict:
     return {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in items)}
 
 
+def _flat(node: dict, prefix: str = ""):
+    for k, v in node.items():
+        yield from _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+
+
 def recipe(path: Path) -> dict:
     """A recipe file's params (bench/recipes/) as {dotted.key: value}, as --set gives them."""
     import yaml
 
-    def flat(node, prefix=""):
-        for k, v in node.items():
-            yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+    return dict(_flat(yaml.safe_load(Path(path).read_text()) or {}))
 
-    return dict(flat(yaml.safe_load(Path(path).read_text()) or {}))
+
+def params_changed(project: Path, base: Path) -> dict:
+    """The params of `project` that differ from (or are missing in) the params.yaml of `base`, as --set
+    gives them: what a kept run was set to, read from the run itself."""
+    import yaml
+
+    ours, theirs = (dict(_flat(yaml.safe_load((d / "params.yaml").read_text()))) for d in (project, base))
+    return {k: v for k, v in ours.items() if k not in theirs or theirs[k] != v}
 
 
 def project_env(extra: dict | None = None, home: Path | None = None) -> dict:

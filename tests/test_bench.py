@@ -75,6 +75,8 @@ def test_accuracy_runs_the_pipeline_and_scores_it_and_a_student_is_added_without
     assert result.returncode == 0, result.stderr[-3000:]
     s = json.JSONDecoder().raw_decode(result.stdout[result.stdout.index("{") :])[0]
     assert s["student"]["used"] and s["unlabelled"]["test_photos"] == 6 and s["resumed"]
+    # A resumed run records the params it ran with, read from the kept project, not from its own arguments.
+    assert s["overrides"]["unlabelled.enabled"] is True and s["overrides"]["unlabelled.ratio"] == 1
     assert "train@42" not in s["stages"] and {"student@42", "evaluate"} <= set(s["stages"])  # the teacher was kept
     assert s["teacher"]["train_wall_s"] == r["train_wall_s"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 
@@ -231,6 +232,39 @@ def test_the_readmes_unlabelled_sentence_is_its_result_files():
     small = _load("bench/results/accuracy-fixmatch-kaggle-seed42.json")  # "worse than its teacher"
     assert small["holdout_accuracy"] < small["teacher"]["holdout_accuracy"]
     assert small["holdout_log_loss"] > small["teacher"]["holdout_log_loss"]
+
+
+def test_the_long_students_paragraph_is_its_result_file_and_its_logs():
+    text = " ".join((ROOT / "docs/unlabelled.md").read_text().split())
+    found = re.search(
+        r"A student of (\d+) epochs \(([\d,]+) steps\) from the same seed-42 teacher scored (\d\.\d+) / (\d\.\d+) "
+        r"on the holdout \(Kaggle (\d\.\d+)\).*?: (\d\.\d) points and (\d\.\d+) of log loss over its teacher.*?"
+        r"Its steps took ([\d.]+) minutes in all \d+ epochs.*?at the 30-epoch student's pace alone they take "
+        r"([\d.]+), or ([\d.]+) times the teacher's ([\d.]+) in all",
+        text,
+    )
+    assert found, "the long student's paragraph has changed: update this test with it"
+    epochs, steps, acc, ll, kaggle, points, gain, took, alone, times, teacher = found.groups()
+    r = _load("bench/results/accuracy-fixmatch-kaggle-large-seed42-112epochs.json")
+    short = _load("bench/results/accuracy-fixmatch-kaggle-large-seed42.json")  # same teacher, 30 epochs, alone
+    assert int(epochs) == r["unlabelled"]["params"]["epochs"] == r["student"]["epochs"]
+    log = list(csv.DictReader(open(ROOT / "bench/results/fixmatch-kaggle-large-seed42-112epochs-student-log.csv")))
+    short_log = list(csv.DictReader(open(ROOT / "bench/results/fixmatch-kaggle-large-seed42-student-log.csv")))
+    assert len(log) == int(epochs) and _number(steps) == int(epochs) * 63  # 8,000 photos, 128 a step
+    assert (acc, ll, kaggle) == (
+        f"{r['holdout_accuracy']:.3f}",
+        f"{r['holdout_log_loss']:.3f}",
+        f"{r['kaggle_log_loss']:.3f}",
+    )
+    assert r["teacher"] == {**short["teacher"], "train_wall_s": r["teacher"]["train_wall_s"]}  # the same teacher
+    assert float(points) == round(100 * (r["holdout_accuracy"] - r["teacher"]["holdout_accuracy"]), 1)
+    assert float(gain) == round(r["teacher"]["holdout_log_loss"] - r["holdout_log_loss"], 3)
+    steps_s = sum(float(row["train_s"]) for row in log)
+    assert float(took) == round(steps_s / 60, 1)
+    pace = sum(float(row["train_s"]) for row in short_log) / len(short_log)
+    t = short["teacher"]["train_wall_s"]
+    assert float(alone) == round(pace * int(epochs) / 60, 1) and float(teacher) == round(t / 60, 1)
+    assert float(times) == round((t + pace * int(epochs)) / t, 1)
 
 
 def test_the_readmes_ensemble_sentence_is_its_result_file():
