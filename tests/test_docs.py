@@ -229,6 +229,18 @@ def test_the_readmes_unlabelled_sentence_is_its_result_files():
     assert found and r["overrides"]["ensemble.seeds"] == [7]
     assert float(found.group(1)) == round(100 * (r["holdout_accuracy"] - r["teacher"]["holdout_accuracy"]), 1)
     assert float(found.group(2)) == round(r["teacher"]["holdout_log_loss"] - r["holdout_log_loss"], 3)
+    found = re.search(
+        r"Taught for (\d+) epochs instead of 30 \(`-S unlabelled.epochs=(\d+)`\), seed 42's student scores "
+        r"(\d\.\d+) / (\d\.\d+), the best model from 2,000 labels here, at ([\d.]+) times its teacher's time",
+        text,
+    )
+    long = _load("bench/results/accuracy-fixmatch-kaggle-large-seed42-112epochs.json")
+    assert found and int(found.group(1)) == int(found.group(2)) == long["overrides"]["unlabelled.epochs"]
+    assert found.group(3, 4) == (f"{long['holdout_accuracy']:.3f}", f"{long['holdout_log_loss']:.3f}")
+    best = min(_load(row[-1])["holdout_log_loss"] for row in _table("scale") if "full data" not in row[0])
+    assert long["holdout_log_loss"] < best  # "the best model from 2,000 labels here"
+    docs = " ".join((ROOT / "docs/unlabelled.md").read_text().split())
+    assert f"or {found.group(5)} times the teacher's" in docs  # the figure test_the_long_students_paragraph checks
     small = _load("bench/results/accuracy-fixmatch-kaggle-seed42.json")  # "worse than its teacher"
     assert small["holdout_accuracy"] < small["teacher"]["holdout_accuracy"]
     assert small["holdout_log_loss"] > small["teacher"]["holdout_log_loss"]
