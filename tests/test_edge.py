@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import http.client
 import json
@@ -330,8 +331,9 @@ def test_idle_and_trickling_connections_hold_no_request_slot(service):
             s.close()
 
 
+@contextlib.contextmanager
 def _in_process(paths, **options):
-    """`serve` in this process, serving from a thread: (port, server)."""
+    """`serve` in this process, serving from a thread while the block runs: (port, server)."""
     import threading
 
     from dogs_vs_cats.commands.serve import make_server
@@ -339,14 +341,17 @@ def _in_process(paths, **options):
     (port,) = free_ports()
     server = make_server(str(paths["int8"]), "127.0.0.1", port, **options)
     threading.Thread(target=server.run, daemon=True).start()
-    return port, server
+    try:
+        yield port, server
+    finally:
+        server.close()
+        server.task_dispatcher.shutdown()
 
 
 def test_requests_past_the_slots_get_503_and_a_request_waiting_for_the_model_is_not_cut(models):
     paths, _ = models
-    port, server = _in_process(paths, max_bytes=100_000, timeout_s=1, max_connections=3)
     photo = image_bytes("dog", (100, 80))
-    try:
+    with _in_process(paths, max_bytes=100_000, timeout_s=1, max_connections=3) as (port, server):
         with ThreadPoolExecutor(3) as pool:
             with server.application.model_lock:  # the model is busy: complete requests wait for it
                 waiting = [pool.submit(post, port, photo) for _ in range(3)]
@@ -356,9 +361,6 @@ def test_requests_past_the_slots_get_503_and_a_request_waiting_for_the_model_is_
                 time.sleep(2)  # past the 1 s deadline: the three have arrived, so they are not cut
             assert [w.result()[0] for w in waiting] == [200, 200, 200]
         assert post(port, photo)[0] == 200  # and the service recovers
-    finally:
-        server.close()
-        server.task_dispatcher.shutdown()
 
 
 def test_a_concurrent_mix_of_photos_and_hostile_requests_answers_every_photo_right(service, models):
@@ -383,27 +385,26 @@ def test_a_slowloris_of_64_clients_cuts_each_at_the_timeout_and_a_photo_is_answe
     import threading
 
     paths, _ = models
-    port, server = _in_process(paths, max_bytes=100_000, timeout_s=2, max_connections=32)
-    answers, cut_after = [], []
+    with _in_process(paths, max_bytes=100_000, timeout_s=2, max_connections=32) as (port, server):
+        answers, cut_after = [], []
 
-    def trickle():
-        sock = socket.create_connection(("127.0.0.1", port), timeout=15)
-        start = time.monotonic()
-        try:
-            for byte in b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n":
-                sock.sendall(bytes([byte]))
-                time.sleep(0.25)
-        except OSError:
-            pass  # cut by the service
-        try:
-            answers.append(sock.recv(4096))
-        except OSError:
-            answers.append(b"")
-        cut_after.append(time.monotonic() - start)
-        sock.close()
+        def trickle():
+            sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+            start = time.monotonic()
+            try:
+                for byte in b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n":
+                    sock.sendall(bytes([byte]))
+                    time.sleep(0.25)
+            except OSError:
+                pass  # cut by the service
+            try:
+                answers.append(sock.recv(4096))
+            except OSError:
+                answers.append(b"")
+            cut_after.append(time.monotonic() - start)
+            sock.close()
 
-    slow = [threading.Thread(target=trickle) for _ in range(64)]
-    try:
+        slow = [threading.Thread(target=trickle) for _ in range(64)]
         for t in slow:
             t.start()
         time.sleep(0.5)
@@ -414,30 +415,22 @@ def test_a_slowloris_of_64_clients_cuts_each_at_the_timeout_and_a_photo_is_answe
             t.join()
         assert len(answers) == 64 and all(a.startswith(b"HTTP/1.1 408") for a in answers), answers[:2]
         assert max(cut_after) < 2 + 2.0  # the deadline, and the once-a-second check
-    finally:
-        server.close()
-        server.task_dispatcher.shutdown()
 
 
 def test_a_photo_past_the_byte_limit_gets_its_413_while_the_client_is_still_sending_it(models):
     # Refused from its header, the body is never kept; closed outright, the connection would be reset
     # under the client's feet and it would see "connection reset" instead of the 413.
     paths, _ = models
-    port, server = _in_process(paths, max_bytes=100_000, timeout_s=5)
-    try:
+    with _in_process(paths, max_bytes=100_000, timeout_s=5) as (port, server):
         for size in [4_000_000] * 8:
             status, body = post(port, b"x" * size)
             assert status == 413 and "limit is 100000 bytes" in body["error"]
         assert post(port, image_bytes("dog", (100, 80)))[0] == 200
-    finally:
-        server.close()
-        server.task_dispatcher.shutdown()
 
 
 def test_a_client_that_keeps_sending_after_its_413_is_cut_at_the_timeout(models):
     paths, _ = models
-    port, server = _in_process(paths, max_bytes=1000, timeout_s=1)
-    try:
+    with _in_process(paths, max_bytes=1000, timeout_s=1) as (port, server):
         sock = socket.create_connection(("127.0.0.1", port), timeout=15)
         sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
         answer = b""
@@ -451,15 +444,11 @@ def test_a_client_that_keeps_sending_after_its_413_is_cut_at_the_timeout(models)
                 time.sleep(0.01)
         assert time.monotonic() - start < 1 + 2.0  # the deadline, and the once-a-second check
         sock.close()
-    finally:
-        server.close()
-        server.task_dispatcher.shutdown()
 
 
 def test_a_header_or_body_past_its_limit_is_refused_in_one_json_line(models):
     paths, _ = models
-    port, server = _in_process(paths, max_bytes=1000, timeout_s=5)
-    try:
+    with _in_process(paths, max_bytes=1000, timeout_s=5) as (port, server):
         status, body = post(port, b"x" * 5000)
         assert status == 413 and "limit is 1000 bytes" in body["error"]
         sock = socket.create_connection(("127.0.0.1", port), timeout=15)
@@ -472,9 +461,6 @@ def test_a_header_or_body_past_its_limit_is_refused_in_one_json_line(models):
             pass
         sock.close()
         assert b" 431 " in answer.split(b"\r\n")[0] and b'"error": "the headers are too large' in answer, answer
-    finally:
-        server.close()
-        server.task_dispatcher.shutdown()
 
 
 def test_a_burst_of_connections_waits_in_the_accept_queue_instead_of_being_dropped(models):
