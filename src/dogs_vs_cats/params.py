@@ -137,7 +137,7 @@ class Unlabelled:
     ratio: int = setting(4, _between(1, 64))
     threshold: float = setting(0.95, _between(0.5, 1, hi_open=True))
     weight: float = setting(1.0, _between(0, 100, lo_open=True))
-    epochs: int = setting(40, _between(1, 10_000))
+    epochs: int = setting(112, _between(1, 10_000))
     learning_rate: float = setting(0.001, _between(0, 10, lo_open=True))
     colour: float = setting(0.4, _between(0, 1, hi_open=True))
     cutout: float = setting(0.5, _between(0, 1))
