@@ -101,7 +101,10 @@ def test_the_student_reads_no_holdout_solution_or_split_file_and_validation_only
     ]
     assert not any("solution" in d or "holdout" in d or "split" in d or "raw" in d for d in deps)
     readme = (ROOT / "README.md").read_text()
-    assert "validation only to monitor training and fit the temperature" in " ".join(readme.split())
+    assert (
+        "validation only to monitor training, fit the temperature and choose between the student and its teacher"
+        in " ".join(readme.split())
+    )
 
 
 def test_evaluate_submission_and_export_read_the_models_the_ensemble_makes_of_the_students():
@@ -144,6 +147,7 @@ def trained(tmp_path_factory):
         "unlabelled.epochs": 3,
         "unlabelled.ratio": 2,
         "unlabelled.threshold": 0.5,  # every test photo teaches: with two classes one is always >= 0.5
+        "unlabelled.fallback": False,  # the student ships, whatever it scores: these tests look at what it learnt
     }
     return tiny_project(
         tmp_path_factory.mktemp("unlabelled"), 16, ("download", "split", "prepare", "train"), **settings
@@ -211,7 +215,10 @@ def test_on_the_student_learns_from_the_test_photos_and_is_what_evaluate_and_sub
 
     assert not _same(model, keras.models.load_model(tiny / "data/members/42/teacher/model.keras").get_weights())
     assert [float(r["past_threshold"]) for r in log] == [1.0, 1.0, 1.0]  # threshold 0.5: every photo teaches
-    assert json.loads((tiny / "metrics/members/42/unlabelled.json").read_text()) == {"test_photos": 16}
+    assert json.loads((tiny / "metrics/members/42/unlabelled.json").read_text()) == {
+        "test_photos": 16,
+        "student_shipped": 1,
+    }
     student = json.loads((tiny / "metrics/members/42/student.json").read_text())
     assert student["used"] is True and student["epochs"] == 3 and student["test_photos"] == 16
 
@@ -225,6 +232,38 @@ def test_on_the_student_learns_from_the_test_photos_and_is_what_evaluate_and_sub
     submitted = {int(r["id"]): float(r["label"]) for r in _rows(tiny / "data/submission.csv")}
     for name, q in zip(names, np.clip(p_test, 0.01, 0.99)):
         assert abs(submitted[int(Path(name).stem)] - q) < 1e-5
+
+
+@pytest.mark.slow
+def test_a_student_worse_than_its_teacher_on_validation_is_not_shipped_and_the_metrics_say_so(tiny):
+    from dogs_vs_cats.common import scores
+    from dogs_vs_cats.inference import Predictor, predict_records
+
+    model, teacher = tiny / "data/members/42/model/model.keras", tiny / "data/members/42/teacher/model.keras"
+    # A learning rate of 5 wrecks whatever the teacher knew: the student ends worse on validation.
+    set_params(tiny, **{"unlabelled.enabled": True, "unlabelled.fallback": True, "unlabelled.learning_rate": 5.0})
+    result = run_cli(["student"], tiny)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tiny / "metrics/members/42/student.json").read_text())
+    assert report["val"]["teacher"]["log_loss"] < report["val"]["student"]["log_loss"]
+    assert report["shipped"] == "teacher" and model.read_bytes() == teacher.read_bytes()
+    assert json.loads((tiny / "metrics/members/42/unlabelled.json").read_text()) == {
+        "test_photos": 16,
+        "student_shipped": 0,
+    }
+    said = f"{report['val']['teacher']['log_loss']} for its teacher: data/members/42/model/model.keras is the teacher's"
+    assert said in result.stderr
+
+    # Without the fallback the same student ships, and it scores on validation what the fallback measured.
+    set_params(tiny, **{"unlabelled.fallback": False})
+    result = run_cli(["student"], tiny)
+    assert result.returncode == 0, result.stderr
+    assert model.read_bytes() != teacher.read_bytes()
+    assert json.loads((tiny / "metrics/members/42/unlabelled.json").read_text())["student_shipped"] == 1
+    again = json.loads((tiny / "metrics/members/42/student.json").read_text())
+    assert again["shipped"] == "student" and "val" not in again
+    p, y, _ = predict_records(Predictor(model), tiny / "data/prepared/val.tfrecord")
+    assert scores(p, y)["log_loss"] == report["val"]["student"]["log_loss"]
 
 
 @pytest.mark.slow

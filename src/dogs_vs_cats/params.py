@@ -142,6 +142,7 @@ class Unlabelled:
     colour: float = setting(0.4, _between(0, 1, hi_open=True))
     cutout: float = setting(0.5, _between(0, 1))
     ema: float = setting(0.999, _off_or(lambda v: 0.9 <= v < 1, "a decay per step in [0.9, 1)"))
+    fallback: bool = setting(True, _FLAG)
 
 
 def _seeds(v):

@@ -5,17 +5,21 @@ learning, FixMatch-style (consistency.py), from the labelled photos and every on
 competition's test photos, whose labels it never reads: on each, its answer for a mirrored
 view teaches a strongly distorted view of the same photo, wherever it is sure enough.
 
-It reads the prepared training and test photos, the teacher, and validation, which only
-monitors and fits the temperature, as for the teacher: never the holdout, never a solution file.
+It reads the prepared training and test photos, the teacher, and validation, which monitors, fits
+the temperature (as for the teacher) and, with `unlabelled.fallback`, picks between the student and
+its teacher: never the holdout, never a solution file. The fallback is there because a small pool
+can make the student worse than the net it started from; shipping the teacher then costs nothing.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 
 from ..callbacks import write_logs
-from ..common import UserError, atomic_path, log, write_json
+from ..common import UserError, atomic_path, log, scores, write_json
 from ..consistency import Consistency
+from ..inference import Predictor, predict_records
 from ..params import Params, student
 from ..paths import Member, prepared
 from ..records import count_records
@@ -54,3 +58,27 @@ def run(params: Params, callbacks: tuple = ()) -> None:
             f"{report.stage}: warning: no test photo passed unlabelled.threshold = {u.threshold} in any epoch, so the "
             "student learnt from the labelled photos alone; lower the threshold"
         )
+    shipped, val = fall_back(member) if u.fallback else ("student", None)
+    report_json = json.loads(report.metrics.read_text())
+    write_json(report.metrics, {**report_json, "shipped": shipped, **({"val": val} if val else {})})
+    # A metric: `dvc metrics show` says whether the student or its teacher is the member's model.
+    write_json(member.unlabelled, {"test_photos": pool, "student_shipped": int(shipped == "student")})
+
+
+def fall_back(member: Member) -> tuple[str, dict]:
+    """Ship the teacher where it scores a lower validation log loss than the student (the student on a tie).
+    Returns which shipped, and both validation scores."""
+    val = {
+        name: {k: s[k] for k in ("accuracy", "log_loss")}
+        for name, path in (("student", member.model), ("teacher", member.teacher))
+        for s in [scores(*predict_records(Predictor(path), prepared("val"))[:2])]
+    }
+    shipped = "teacher" if val["teacher"]["log_loss"] < val["student"]["log_loss"] else "student"
+    if shipped == "teacher":
+        with atomic_path(member.model, suffix=".keras") as tmp:
+            shutil.copyfile(member.teacher, tmp)
+    log(
+        f"{member.student_run.stage}: validation log loss {val['student']['log_loss']} for the student, "
+        f"{val['teacher']['log_loss']} for its teacher: {member.model} is the {shipped}'s model"
+    )
+    return shipped, val
