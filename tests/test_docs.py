@@ -310,3 +310,18 @@ def test_the_full_data_recipe_is_its_file_the_readmes_command_and_the_recorded_r
     assert words[0::2] == ["-S"] * len(pairs) and {k: yaml.safe_load(v) for k, v in pairs.items()} == recipe
     run = _load("bench/results/accuracy-full-data-ensemble2-kaggle-large.json")
     assert run["overrides"] == recipe and "kaggle-large" in run["competition"]
+
+
+def test_the_fallbacks_reason_is_the_small_fixtures_long_student():
+    text = " ".join((ROOT / "docs/unlabelled.md").read_text().split())
+    found = re.search(
+        r"on the small fixture's 500 test photos a (\d+)-epoch student fell from its teacher's "
+        r"(\d\.\d+) / (\d\.\d+) to (\d\.\d+) / (\d\.\d+)",
+        text,
+    )
+    assert found, "docs/unlabelled.md's fallback paragraph has changed: update this test with it"
+    r = _load("bench/results/accuracy-fixmatch-kaggle-seed42-112epochs.json")
+    assert "/kaggle/" in r["competition"] and int(found.group(1)) == r["student"]["epochs"]
+    t = r["teacher"]
+    figures = (t["holdout_accuracy"], t["holdout_log_loss"], r["holdout_accuracy"], r["holdout_log_loss"])
+    assert found.group(2, 3, 4, 5) == tuple(f"{x:.3f}" for x in figures)

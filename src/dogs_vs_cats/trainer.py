@@ -164,7 +164,7 @@ def train(params: Params, run: Run, callbacks: tuple = (), extra: dict | None = 
         f"strategy {t.strategy} ({strategy.num_replicas_in_sync} replica(s)), "
         f"validating every {t.validation_freq} epoch(s) and the last"
     )
-    # Validation only monitors (nothing is chosen by it), so it runs every validation_freq-th epoch
+    # Validation only monitors training (no epoch is chosen by it), so it runs every validation_freq-th epoch
     # and always after the last, whose figures go to the run's metrics file.
     val_epochs = [e for e in range(1, t.epochs + 1) if e % t.validation_freq == 0 or e == t.epochs]
     epoch_state = EpochState(run, fp, history, Validation(params, val_epochs), average, wall_before)
