@@ -325,3 +325,16 @@ def test_the_fallbacks_reason_is_the_small_fixtures_long_student():
     t = r["teacher"]
     figures = (t["holdout_accuracy"], t["holdout_log_loss"], r["holdout_accuracy"], r["holdout_log_loss"])
     assert found.group(2, 3, 4, 5) == tuple(f"{x:.3f}" for x in figures)
+    found = re.search(
+        r"seed 7's 112-epoch student scored a validation log loss of (\d\.\d+) against its teacher's (\d\.\d+)\. "
+        r"So the stage now ships the teacher there .*? seed 7's run shipped its teacher, "
+        r"holdout (\d\.\d+) / (\d\.\d+), exactly the teacher's",
+        text,
+    )
+    assert found, "docs/unlabelled.md's targets paragraph has changed: update this test with it"
+    r = _load("bench/results/accuracy-fixmatch-kaggle-seed7-112epochs-fallback.json")
+    val, t = r["student"]["val"], r["teacher"]
+    assert r["student"]["shipped"] == "teacher" and r["student"]["epochs"] == 112
+    assert found.group(1, 2) == (f"{val['student']['log_loss']:.3f}", f"{val['teacher']['log_loss']:.3f}")
+    assert (r["holdout_accuracy"], r["holdout_log_loss"]) == (t["holdout_accuracy"], t["holdout_log_loss"])
+    assert found.group(3, 4) == (f"{t['holdout_accuracy']:.3f}", f"{t['holdout_log_loss']:.3f}")
