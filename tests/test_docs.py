@@ -338,3 +338,7 @@ def test_the_fallbacks_reason_is_the_small_fixtures_long_student():
     assert found.group(1, 2) == (f"{val['student']['log_loss']:.3f}", f"{val['teacher']['log_loss']:.3f}")
     assert (r["holdout_accuracy"], r["holdout_log_loss"]) == (t["holdout_accuracy"], t["holdout_log_loss"])
     assert found.group(3, 4) == (f"{t['holdout_accuracy']:.3f}", f"{t['holdout_log_loss']:.3f}")
+    found = re.search(r"exactly the teacher's, and seed 42's its teacher's (\d\.\d+) / (\d\.\d+)", text)
+    r = _load("bench/results/accuracy-fixmatch-kaggle-seed42-112epochs-fallback.json")
+    assert found and r["student"]["shipped"] == "teacher" and r["holdout_log_loss"] == r["teacher"]["holdout_log_loss"]
+    assert found.group(1, 2) == (f"{r['holdout_accuracy']:.3f}", f"{r['holdout_log_loss']:.3f}")
