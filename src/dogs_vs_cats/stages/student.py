@@ -68,11 +68,10 @@ def run(params: Params, callbacks: tuple = ()) -> None:
 def fall_back(member: Member) -> tuple[str, dict]:
     """Ship the teacher where it scores a lower validation log loss than the student (the student on a tie).
     Returns which shipped, and both validation scores."""
-    val = {
-        name: {k: s[k] for k in ("accuracy", "log_loss")}
-        for name, path in (("student", member.model), ("teacher", member.teacher))
-        for s in [scores(*predict_records(Predictor(path), prepared("val"))[:2])]
-    }
+    val = {}
+    for name, path in (("student", member.model), ("teacher", member.teacher)):
+        s = scores(*predict_records(Predictor(path), prepared("val"))[:2])
+        val[name] = {"accuracy": s["accuracy"], "log_loss": s["log_loss"]}
     shipped = "teacher" if val["teacher"]["log_loss"] < val["student"]["log_loss"] else "student"
     if shipped == "teacher":
         with atomic_path(member.model, suffix=".keras") as tmp:
