@@ -342,3 +342,19 @@ def test_the_fallbacks_reason_is_the_small_fixtures_long_student():
     r = _load("bench/results/accuracy-fixmatch-kaggle-seed42-112epochs-fallback.json")
     assert found and r["student"]["shipped"] == "teacher" and r["holdout_log_loss"] == r["teacher"]["holdout_log_loss"]
     assert found.group(1, 2) == (f"{r['holdout_accuracy']:.3f}", f"{r['holdout_log_loss']:.3f}")
+
+
+def test_the_small_pools_collapse_is_in_its_validation_logs():
+    text = " ".join((ROOT / "docs/unlabelled.md").read_text().split())
+    found = re.search(
+        r"validation 0\.500 at epochs (\d+) to (\d+) on seed 42 and (\d+) to (\d+) on seed 7 .*? "
+        r"Seed 42 climbed back to (\d\.\d+), seed 7 only to (\d\.\d+)\.",
+        text,
+    )
+    assert found, "docs/unlabelled.md's small-pool paragraph has changed: update this test with it"
+    for seed, (first, last), end in ((42, found.group(1, 2), found.group(5)), (7, found.group(3, 4), found.group(6))):
+        with open(ROOT / f"bench/results/fixmatch-kaggle-seed{seed}-112epochs-student-val-log.csv", newline="") as f:
+            rows = {int(r["epoch"]): float(r["val_accuracy"]) for r in csv.DictReader(f)}
+        collapsed = [a for e, a in rows.items() if int(first) <= e <= int(last)]
+        assert collapsed and all(abs(a - 0.5) < 0.005 for a in collapsed), seed  # one class: chance on balanced photos
+        assert f"{rows[max(rows)]:.3f}" == end, seed
