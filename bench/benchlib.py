@@ -182,9 +182,15 @@ def fake_kaggle_for(competition: Path) -> FakeKaggle:
     return FakeKaggle(competition, competition.parent / f"{COMPETITION}.solution.csv")
 
 
-def train_workers(folders: list[Path], cluster: dict | None = None, env: dict | None = None) -> list[tuple[int, str]]:
+def train_workers(
+    folders: list[Path], cluster: dict | None = None, env: dict | None = None, pause: tuple[int, float] | None = None
+) -> list[tuple[int, str]]:
     """Run the train stage in every folder at once, worker i of `cluster` (TF_CONFIG) in folder i,
-    or each on its own without one; (exit code, stderr) of each, once all have ended."""
+    or each on its own without one; (exit code, stderr) of each, once all have ended.
+
+    `pause` = (i, seconds): once worker i has joined the cluster, stop it (SIGSTOP) that long, as a
+    busy or swapping machine might.
+    """
     import json
 
     def tf_config(i):
@@ -203,9 +209,23 @@ def train_workers(folders: list[Path], cluster: dict | None = None, env: dict | 
         )
         for i, folder in enumerate(folders)
     ]
+    errors = [[] for _ in procs]
+    readers = [threading.Thread(target=lines.extend, args=(p.stderr,), daemon=True) for p, lines in zip(procs, errors)]
+    for reader in readers:
+        reader.start()
     try:
-        errors = [p.communicate()[1] for p in procs]
-        return [(p.returncode, err) for p, err in zip(procs, errors)]
+        if pause:
+            i, seconds = pause
+            while procs[i].poll() is None and "strategy multi_worker (" not in "".join(errors[i]):
+                time.sleep(0.2)
+            if procs[i].poll() is None:
+                procs[i].send_signal(signal.SIGSTOP)
+                time.sleep(seconds)
+                procs[i].send_signal(signal.SIGCONT)
+        for p, reader in zip(procs, readers):
+            p.wait()
+            reader.join()
+        return [(p.returncode, "".join(lines)) for p, lines in zip(procs, errors)]
     finally:
         for p in procs:
             p.kill()

@@ -16,6 +16,35 @@ from .common import UserError, log
 from .inputs import train_dataset
 from .params import Params
 
+# How long a silent worker may go before the cluster gives up on it. TensorFlow's own default is
+# 10 s, so a worker paused by a busy or swapping machine for a few seconds more aborted every
+# worker's collectives mid-epoch; a worker that really died is still noticed within this.
+HEARTBEAT_TIMEOUT_S = 120
+
+
+def _coordinate_patiently() -> None:
+    """Configure the cluster's coordination service as MultiWorkerMirroredStrategy would, with a
+    longer heartbeat timeout; the strategy keeps a service configured before it is created."""
+    from tensorflow.python.distribute import collective_all_reduce_strategy, multi_worker_util
+    from tensorflow.python.eager import context
+
+    # The protobuf module the strategy itself uses: its import path moves between TF releases.
+    coordination_config_pb2 = collective_all_reduce_strategy.coordination_config_pb2
+
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    spec = resolver.cluster_spec()
+    coordinated = [job for job in ("chief", "worker") if job in spec.jobs]
+    if resolver.task_type not in coordinated or context.context().coordination_service is not None:
+        return
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(spec),
+        coordinated_jobs=[
+            coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job)) for job in coordinated
+        ],
+        heartbeat_timeout_in_ms=HEARTBEAT_TIMEOUT_S * 1000,
+    )
+
 
 def choose_strategy(name: str):
     if name == "mirrored":
@@ -26,6 +55,7 @@ def choose_strategy(name: str):
                 "params.yaml: train.strategy = multi_worker needs the TF_CONFIG environment variable "
                 "describing the cluster; set it on every worker, or use train.strategy: mirrored"
             )
+        _coordinate_patiently()
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
