@@ -103,6 +103,27 @@ def test_the_readmes_other_cpu_figures_are_the_xeon_record():
     assert found.group(1, 2) == (f"{r['holdout_accuracy']:.3f}", f"{r['holdout_log_loss']:.3f}")
 
 
+def test_the_headlines_second_seed_is_the_default_recipe_on_the_same_cpu():
+    text = " ".join(README.split())
+    found = re.search(
+        r"with seed (\d+) the same recipe scores (\d\.\d+) / (\d\.\d+) \(Kaggle (\d\.\d+); "
+        r"the teacher `([\w.-]+)` shipped\)",
+        text,
+    )
+    assert found, "the README's second-seed sentence has changed: update this test with it"
+    seed, accuracy, log_loss, kaggle, source = found.groups()
+    r, default = _load(f"bench/results/{source}"), _load("bench/results/accuracy-default.json")
+    assert r["overrides"]["ensemble.seeds"] == [int(seed)] and r["machine"] == default["machine"]
+    # the student fell back, so the shipped model is the default recipe's teacher for that seed
+    assert r["student"]["shipped"] == "teacher" and r["holdout_accuracy"] == r["teacher"]["holdout_accuracy"]
+    assert set(r["overrides"]) == {"ensemble.seeds", "unlabelled.enabled"}
+    assert (accuracy, log_loss, kaggle) == (
+        f"{r['holdout_accuracy']:.3f}",
+        f"{r['holdout_log_loss']:.3f}",
+        f"{r['kaggle_log_loss']:.3f}",
+    )
+
+
 def test_the_record_quotes_the_default_on_the_epyc_as_its_result_file_has_it():
     result = _load("bench/results/accuracy-default-epyc-bf16.json")
     docs = (ROOT / "docs/experiments.md").read_text()
