@@ -258,6 +258,15 @@ def test_the_readmes_unlabelled_sentence_is_its_result_files():
     assert long["holdout_log_loss"] < best  # "the best model from 2,000 labels here"
     docs = " ".join((ROOT / "docs/unlabelled.md").read_text().split())
     assert f"or {found.group(4)} times the teacher's" in docs  # the figure test_the_long_students_paragraph checks
+    found = re.search(r"seed 7's reaches (\d\.\d+) / (\d\.\d+) from its teacher's (\d\.\d+) / (\d\.\d+)", text)
+    second = _load("bench/results/accuracy-fixmatch-kaggle-large-seed7-112epochs.json")
+    assert found and second["overrides"]["ensemble.seeds"] == [7] and second["student"]["epochs"] == default
+    assert found.groups() == (
+        f"{second['holdout_accuracy']:.3f}",
+        f"{second['holdout_log_loss']:.3f}",
+        f"{second['teacher']['holdout_accuracy']:.3f}",
+        f"{second['teacher']['holdout_log_loss']:.3f}",
+    )
     fallback = [_load(f"bench/results/accuracy-fixmatch-kaggle-seed{s}-112epochs-fallback.json") for s in (42, 7)]
     assert "as it does with the small fixture's 500 test photos" in text
     assert all(r["student"]["shipped"] == "teacher" for r in fallback)
@@ -329,6 +338,50 @@ def test_the_long_students_paragraph_is_its_result_file_and_its_logs():
     t = short["teacher"]["train_wall_s"]
     assert float(alone) == round(pace * int(epochs) / 60, 1) and float(teacher) == round(t / 60, 1)
     assert float(times) == round((t + pace * int(epochs)) / t, 1)
+
+
+def test_the_second_long_students_paragraph_is_its_result_file_and_its_logs():
+    text = " ".join((ROOT / "docs/unlabelled.md").read_text().split())
+    found = re.search(
+        r"\*\*The second seed at the default length\.\*\*.*? scored (\d\.\d+) / (\d\.\d+) on the holdout "
+        r"\(Kaggle (\d\.\d+)\) against its teacher's (\d\.\d+) / (\d\.\d+): (\d\.\d) points and (\d\.\d+) of "
+        r"log loss.*?the student scored (\d\.\d+) against its teacher's (\d\.\d+), so the fallback shipped the "
+        r"student.*?\((\d\.\d+) at epochs (\d+) and (\d+)\), and ended at (\d\.\d+).*?fell to (\d\.\d+) and "
+        r"ended at (\d\.\d+)\..*?(\d\.\d) points short of 0\.95 and (\d\.\d+) of log loss past 0\.14\. "
+        r"The run took (\d\.\d) times its teacher's time as recorded; its epochs alone \((\d+) to (\d+)\) took "
+        r"(\d+) s each, about (\d+) minutes",
+        text,
+    )
+    assert found, "the second long student's paragraph has changed: update this test with it"
+    g = found.groups()
+    r = _load("bench/results/accuracy-fixmatch-kaggle-large-seed7-112epochs.json")
+    t, s = r["teacher"], r["student"]
+    assert g[:5] == (
+        f"{r['holdout_accuracy']:.3f}",
+        f"{r['holdout_log_loss']:.3f}",
+        f"{r['kaggle_log_loss']:.3f}",
+        f"{t['holdout_accuracy']:.3f}",
+        f"{t['holdout_log_loss']:.3f}",
+    )
+    assert float(g[5]) == round(100 * (r["holdout_accuracy"] - t["holdout_accuracy"]), 1)
+    assert float(g[6]) == round(t["holdout_log_loss"] - r["holdout_log_loss"], 3)
+    assert s["shipped"] == "student" and g[7:9] == (
+        f"{s['val']['student']['log_loss']:.3f}",
+        f"{s['val']['teacher']['log_loss']:.3f}",
+    )
+    val = {
+        r_["epoch"]: r_
+        for r_ in csv.DictReader(open(ROOT / "bench/results/fixmatch-kaggle-large-seed7-112epochs-student-val-log.csv"))
+    }
+    assert val[g[10]]["val_accuracy"] == val[g[11]]["val_accuracy"] == g[9] and val["112"]["val_accuracy"] == g[12]
+    log = list(csv.DictReader(open(ROOT / "bench/results/fixmatch-kaggle-large-seed7-112epochs-student-log.csv")))
+    shares = [float(row["past_threshold"]) for row in log]
+    assert float(g[13]) == round(min(shares), 2) and float(g[14]) == round(shares[-1], 2)
+    assert float(g[15]) == round(100 * (0.95 - r["holdout_accuracy"]), 1)
+    assert float(g[16]) == round(r["holdout_log_loss"] - 0.14, 3)
+    assert float(g[17]) == round(r["train_wall_s"] / t["train_wall_s"], 1)
+    alone = [float(row["train_s"]) for row in log[int(g[18]) - 1 : int(g[19])]]
+    assert int(g[20]) == round(sum(alone) / len(alone)) and int(g[21]) == round(sum(alone) / len(alone) * 112 / 60)
 
 
 def test_the_readmes_ensemble_sentence_is_its_result_file():
