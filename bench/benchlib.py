@@ -216,7 +216,7 @@ def train_workers(
     try:
         if pause:
             i, seconds = pause
-            while procs[i].poll() is None and "strategy multi_worker (" not in "".join(errors[i]):
+            while procs[i].poll() is None and not any("strategy multi_worker (" in line for line in errors[i]):
                 time.sleep(0.2)
             if procs[i].poll() is None:
                 procs[i].send_signal(signal.SIGSTOP)

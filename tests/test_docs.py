@@ -33,6 +33,14 @@ def _table(marker: str, text: str = README) -> list[list[str]]:
     return rows
 
 
+def _scores(result: dict, *keys: str) -> tuple[str, ...]:
+    """`result[key]` for each key, to three decimals: how the docs quote a score."""
+    return tuple(f"{result[key]:.3f}" for key in keys)
+
+
+HOLDOUT = ("holdout_accuracy", "holdout_log_loss")
+
+
 def _number(cell: str) -> float:
     return float(re.match(r"[\d,.]+", cell).group().replace(",", ""))
 
@@ -100,7 +108,7 @@ def test_the_readmes_other_cpu_figures_are_the_xeon_record():
     assert found, "the README's other-CPU sentence has changed: update this test with it"
     r = _load(f"bench/results/{found.group(3)}")
     assert "Xeon" in r["machine"] and "amx" in r["machine"].lower() and not r["overrides"]
-    assert found.group(1, 2) == (f"{r['holdout_accuracy']:.3f}", f"{r['holdout_log_loss']:.3f}")
+    assert found.group(1, 2) == _scores(r, *HOLDOUT)
 
 
 def test_the_headlines_second_seed_is_the_default_recipe_on_the_same_cpu():
@@ -117,11 +125,7 @@ def test_the_headlines_second_seed_is_the_default_recipe_on_the_same_cpu():
     # the student fell back, so the shipped model is the default recipe's teacher for that seed
     assert r["student"]["shipped"] == "teacher" and r["holdout_accuracy"] == r["teacher"]["holdout_accuracy"]
     assert set(r["overrides"]) == {"ensemble.seeds", "unlabelled.enabled"}
-    assert (accuracy, log_loss, kaggle) == (
-        f"{r['holdout_accuracy']:.3f}",
-        f"{r['holdout_log_loss']:.3f}",
-        f"{r['kaggle_log_loss']:.3f}",
-    )
+    assert (accuracy, log_loss, kaggle) == _scores(r, *HOLDOUT, "kaggle_log_loss")
 
 
 def test_the_record_quotes_the_default_on_the_epyc_as_its_result_file_has_it():
@@ -261,12 +265,7 @@ def test_the_readmes_unlabelled_sentence_is_its_result_files():
     found = re.search(r"seed 7's reaches (\d\.\d+) / (\d\.\d+) from its teacher's (\d\.\d+) / (\d\.\d+)", text)
     second = _load("bench/results/accuracy-fixmatch-kaggle-large-seed7-112epochs.json")
     assert found and second["overrides"]["ensemble.seeds"] == [7] and second["student"]["epochs"] == default
-    assert found.groups() == (
-        f"{second['holdout_accuracy']:.3f}",
-        f"{second['holdout_log_loss']:.3f}",
-        f"{second['teacher']['holdout_accuracy']:.3f}",
-        f"{second['teacher']['holdout_log_loss']:.3f}",
-    )
+    assert found.groups() == _scores(second, *HOLDOUT) + _scores(second["teacher"], *HOLDOUT)
     fallback = [_load(f"bench/results/accuracy-fixmatch-kaggle-seed{s}-112epochs-fallback.json") for s in (42, 7)]
     assert "as it does with the small fixture's 500 test photos" in text
     assert all(r["student"]["shipped"] == "teacher" for r in fallback)
@@ -283,11 +282,11 @@ def test_the_short_students_figures_in_the_record_are_their_result_files():
     assert found, "docs/unlabelled.md's targets paragraph has changed: update this test with it"
     r = _load("bench/results/accuracy-fixmatch-kaggle-large-seed42.json")
     t = r["teacher"]
-    assert r["holdout_accuracy"] == t["holdout_accuracy"] and found.group(1) == f"{t['holdout_accuracy']:.3f}"
-    assert found.group(2, 3) == (f"{t['holdout_log_loss']:.3f}", f"{r['holdout_log_loss']:.3f}")
+    assert r["holdout_accuracy"] == t["holdout_accuracy"] and found.group(1) == _scores(t, "holdout_accuracy")[0]
+    assert found.group(2, 3) == _scores(t, "holdout_log_loss") + _scores(r, "holdout_log_loss")
     alone = _load("bench/results/accuracy-kaggle-large-seed42.json")  # the same teacher, run alone to the end
     assert (alone["holdout_accuracy"], alone["holdout_log_loss"]) == (t["holdout_accuracy"], t["holdout_log_loss"])
-    assert found.group(4, 5) == (f"{alone['kaggle_log_loss']:.3f}", f"{r['kaggle_log_loss']:.3f}")
+    assert found.group(4, 5) == _scores(alone, "kaggle_log_loss") + _scores(r, "kaggle_log_loss")
     assert found.group(6, 7) == (f"{r['student']['wall_s'] / 60:.1f}", f"{t['train_wall_s'] / 60:.1f}")
     assert float(found.group(8)) == round(r["train_wall_s"] / t["train_wall_s"], 2)
     found = re.search(
@@ -298,8 +297,7 @@ def test_the_short_students_figures_in_the_record_are_their_result_files():
     r = _load("bench/results/accuracy-fixmatch-kaggle-large-seed7.json")
     t = r["teacher"]
     assert found and r["overrides"]["ensemble.seeds"] == [7]
-    assert found.group(1, 2) == (f"{r['holdout_accuracy']:.3f}", f"{r['holdout_log_loss']:.3f}")
-    assert found.group(3, 4) == (f"{t['holdout_accuracy']:.3f}", f"{t['holdout_log_loss']:.3f}")
+    assert found.group(1, 2, 3, 4) == _scores(r, *HOLDOUT) + _scores(t, *HOLDOUT)
     assert float(found.group(5)) == round(100 * (r["holdout_accuracy"] - t["holdout_accuracy"]), 1)
     assert float(found.group(6)) == round(t["holdout_log_loss"] - r["holdout_log_loss"], 3)
     small = _load("bench/results/accuracy-fixmatch-kaggle-seed42.json")  # "worse than its teacher at either length"
@@ -340,48 +338,66 @@ def test_the_long_students_paragraph_is_its_result_file_and_its_logs():
     assert float(times) == round((t + pace * int(epochs)) / t, 1)
 
 
+def _gain(result: dict) -> tuple[float, float]:
+    """Points of holdout accuracy and holdout log loss a student gained over its own teacher."""
+    t = result["teacher"]
+    return (
+        round(100 * (result["holdout_accuracy"] - t["holdout_accuracy"]), 1),
+        round(t["holdout_log_loss"] - result["holdout_log_loss"], 3),
+    )
+
+
 def test_the_second_long_students_paragraph_is_its_result_file_and_its_logs():
     text = " ".join((ROOT / "docs/unlabelled.md").read_text().split())
+    n = r"(\d\.\d+)"
     found = re.search(
-        r"\*\*The second seed at the default length\.\*\*.*? scored (\d\.\d+) / (\d\.\d+) on the holdout "
-        r"\(Kaggle (\d\.\d+)\) against its teacher's (\d\.\d+) / (\d\.\d+): (\d\.\d) points and (\d\.\d+) of "
-        r"log loss.*?the student scored (\d\.\d+) against its teacher's (\d\.\d+), so the fallback shipped the "
-        r"student.*?\((\d\.\d+) at epochs (\d+) and (\d+)\), and ended at (\d\.\d+).*?fell to (\d\.\d+) and "
-        r"ended at (\d\.\d+)\..*?(\d\.\d) points short of 0\.95 and (\d\.\d+) of log loss past 0\.14\. "
-        r"The run took (\d\.\d) times its teacher's time as recorded; its epochs alone \((\d+) to (\d+)\) took "
-        r"(\d+) s each, about (\d+) minutes",
+        rf"\*\*The second seed at the default length\.\*\*.*? scored {n} / {n} on the holdout \(Kaggle {n}\) "
+        rf"against its teacher's {n} / {n}: (\d\.\d) points and {n} of log loss over its teacher, "
+        rf"as seed 42 gained (\d\.\d) and {n} .*?the student scored {n} against its teacher's {n}, "
+        rf"so the fallback shipped the student.*?\({n} at epochs (\d+) and (\d+)\), and ended at {n}"
+        rf".*?fell to {n} and ended at {n}\..*?(\d\.\d) points short of 0\.95 and {n} of log loss past 0\.14\. "
+        r"The run took (\d\.\d) times its teacher's time as recorded; its epochs alone \((\d+) to (\d+)\) "
+        r"took (\d+) s each, about (\d+) minutes",
         text,
     )
     assert found, "the second long student's paragraph has changed: update this test with it"
-    g = found.groups()
+    (scores, gains, val, swing, end, shares, short, times, alone_from_to, pace) = (
+        found.group(1, 2, 3, 4, 5),
+        found.group(6, 7, 8, 9),
+        found.group(10, 11),
+        found.group(12, 13, 14),
+        found.group(15),
+        found.group(16, 17),
+        found.group(18, 19),
+        found.group(20),
+        found.group(21, 22),
+        found.group(23, 24),
+    )
     r = _load("bench/results/accuracy-fixmatch-kaggle-large-seed7-112epochs.json")
     t, s = r["teacher"], r["student"]
-    assert g[:5] == (
-        f"{r['holdout_accuracy']:.3f}",
-        f"{r['holdout_log_loss']:.3f}",
-        f"{r['kaggle_log_loss']:.3f}",
-        f"{t['holdout_accuracy']:.3f}",
-        f"{t['holdout_log_loss']:.3f}",
+    first = _load("bench/results/accuracy-fixmatch-kaggle-large-seed42-112epochs.json")
+    assert scores == _scores(r, *HOLDOUT, "kaggle_log_loss") + _scores(t, *HOLDOUT)
+    assert f"the second seed's {scores[1]})" in text  # the "worth its cost" paragraph
+    assert tuple(map(float, gains)) == _gain(r) + _gain(first)
+    assert s["shipped"] == "student" and val == _scores(s["val"]["student"], "log_loss") + _scores(
+        s["val"]["teacher"], "log_loss"
     )
-    assert float(g[5]) == round(100 * (r["holdout_accuracy"] - t["holdout_accuracy"]), 1)
-    assert float(g[6]) == round(t["holdout_log_loss"] - r["holdout_log_loss"], 3)
-    assert s["shipped"] == "student" and g[7:9] == (
-        f"{s['val']['student']['log_loss']:.3f}",
-        f"{s['val']['teacher']['log_loss']:.3f}",
+    with open(ROOT / "bench/results/fixmatch-kaggle-large-seed7-112epochs-student-val-log.csv", newline="") as f:
+        accuracy = {int(row["epoch"]): row["val_accuracy"] for row in csv.DictReader(f)}
+    low, a, b = swing
+    assert accuracy[int(a)] == accuracy[int(b)] == low and accuracy[max(accuracy)] == end
+    with open(ROOT / "bench/results/fixmatch-kaggle-large-seed7-112epochs-student-log.csv", newline="") as f:
+        log = list(csv.DictReader(f))
+    past = [float(row["past_threshold"]) for row in log]
+    assert tuple(map(float, shares)) == (round(min(past), 2), round(past[-1], 2))
+    assert tuple(map(float, short)) == (
+        round(100 * (0.95 - r["holdout_accuracy"]), 1),
+        round(r["holdout_log_loss"] - 0.14, 3),
     )
-    val = {
-        r_["epoch"]: r_
-        for r_ in csv.DictReader(open(ROOT / "bench/results/fixmatch-kaggle-large-seed7-112epochs-student-val-log.csv"))
-    }
-    assert val[g[10]]["val_accuracy"] == val[g[11]]["val_accuracy"] == g[9] and val["112"]["val_accuracy"] == g[12]
-    log = list(csv.DictReader(open(ROOT / "bench/results/fixmatch-kaggle-large-seed7-112epochs-student-log.csv")))
-    shares = [float(row["past_threshold"]) for row in log]
-    assert float(g[13]) == round(min(shares), 2) and float(g[14]) == round(shares[-1], 2)
-    assert float(g[15]) == round(100 * (0.95 - r["holdout_accuracy"]), 1)
-    assert float(g[16]) == round(r["holdout_log_loss"] - 0.14, 3)
-    assert float(g[17]) == round(r["train_wall_s"] / t["train_wall_s"], 1)
-    alone = [float(row["train_s"]) for row in log[int(g[18]) - 1 : int(g[19])]]
-    assert int(g[20]) == round(sum(alone) / len(alone)) and int(g[21]) == round(sum(alone) / len(alone) * 112 / 60)
+    assert float(times) == round(r["train_wall_s"] / t["train_wall_s"], 1)
+    lo, hi = map(int, alone_from_to)
+    each = sum(float(row["train_s"]) for row in log[lo - 1 : hi]) / (hi - lo + 1)
+    assert (int(pace[0]), int(pace[1])) == (round(each), round(each * s["epochs"] / 60))
 
 
 def test_the_readmes_ensemble_sentence_is_its_result_file():
