@@ -7,6 +7,7 @@ are for bench/results/, measured at full size.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 
 import pytest
@@ -79,6 +80,13 @@ def test_accuracy_runs_the_pipeline_and_scores_it_and_a_student_is_added_without
     assert s["overrides"]["unlabelled.enabled"] is True and s["overrides"]["unlabelled.ratio"] == 1
     assert "train@42" not in s["stages"] and {"student@42", "evaluate"} <= set(s["stages"])  # the teacher was kept
     assert s["teacher"]["train_wall_s"] == r["train_wall_s"]
+
+    # clip.py scores the kept run's shipped model at other clips: at the pipeline's own it agrees with
+    # the submission stage, and at 0.49 every photo costs between -log(0.51) and -log(0.49).
+    c = bench("clip.py", "--keep", str(tmp_path), "--shared", str(shared), "--clips", "0.01,0.49")
+    assert [row["clip"] for row in c["clips"]] == [0.01, 0.49]
+    assert c["clips"][0]["kaggle_log_loss"] == pytest.approx(s["kaggle_log_loss"], abs=1e-4)
+    assert -math.log(0.51) - 1e-6 <= c["clips"][1]["holdout_log_loss"] <= -math.log(0.49) + 1e-6
 
 
 def test_memory_runs_every_stage(shared):
