@@ -415,6 +415,37 @@ def test_the_readmes_ensemble_sentence_is_its_result_file():
     assert float(found.group(2)) == round(sd["mean"] - r["holdout_log_loss"], 3)
 
 
+def _as_shown(cell: str, value: float) -> bool:
+    """`cell` is `value` rounded to as many decimals as the cell shows."""
+    return float(cell) == round(value, len(cell.partition(".")[2]))
+
+
+def test_the_clip_table_and_sentence_are_the_clip_bench_results():
+    docs = (ROOT / "docs/ensembles.md").read_text()
+    for name, sure, *kaggle, source in _table("clips", docs):
+        r = _load(f"bench/results/{source}")
+        by_clip = {row["clip"]: row["kaggle_log_loss"] for row in r["clips"]}
+        assert _as_shown(sure, r["share_sure_0.99"]["test"]), name
+        assert all(_as_shown(k, by_clip[c]) for k, c in zip(kaggle, (0.01, 0.001, 0.0001))), name
+    teacher = _load("bench/results/clip-full-data-kaggle-large-seed42-teacher.json")
+    by_clip = {row["clip"]: row for row in teacher["clips"]}
+    # "reproduced exactly": the full-data net the FixMatch run taught is the recorded full-data run's
+    recorded = _load("bench/results/accuracy-full-data-kaggle-large.json")
+    fixmatch = _load("bench/results/accuracy-full-data-fixmatch-kaggle-large.json")
+    assert by_clip[0.01]["kaggle_log_loss"] == recorded["kaggle_log_loss"]
+    assert _scores(fixmatch["teacher"], *HOLDOUT) == _scores(recorded, *HOLDOUT)
+    text = " ".join(README.split())
+    found = re.search(
+        r"the default clip costs (\d\.\d+): `-S submission.clip=(\d\.\d+)` takes one net's Kaggle score "
+        r"from (\d\.\d+) to (\d\.\d+)",
+        text,
+    )
+    assert found, "the README's clip sentence has changed: update this test with it"
+    default = yaml.safe_load((ROOT / "params.yaml").read_text())["submission"]["clip"]
+    old, new = by_clip[default]["kaggle_log_loss"], by_clip[float(found.group(2))]["kaggle_log_loss"]
+    assert found.group(1, 3, 4) == (f"{old - new:.3f}", f"{old:.3f}", f"{new:.3f}")
+
+
 def test_the_full_data_recipe_is_its_file_the_readmes_command_and_the_recorded_run():
     import yaml
 
