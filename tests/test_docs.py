@@ -271,6 +271,35 @@ def test_the_readmes_unlabelled_sentence_is_its_result_files():
     assert all(r["student"]["shipped"] == "teacher" for r in fallback)
 
 
+def test_the_full_data_students_paragraph_is_its_result_and_logs():
+    text = " ".join((ROOT / "docs/unlabelled.md").read_text().split())
+    found = re.search(
+        r"looked better, (\d\.\d+) against (\d\.\d+), so the fallback shipped it; .*? "
+        r"The teacher is sure of (\d\.\d+) of the holdout and right on (\d\.\d+) of those, .*? "
+        r"the share past the threshold fell from (\d\.\d+) to (\d\.\d+) by epoch (\d+) before it climbed to "
+        r"(\d\.\d+), and validation fell from the teacher's (\d\.\d+) to (\d\.\d+) at epoch (\d+) .*? "
+        r"the option costs ([\d.]+) minutes",
+        text,
+    )
+    assert found, "docs/unlabelled.md's full-data paragraph has changed: update this test with it"
+    r = _load("bench/results/accuracy-full-data-fixmatch-kaggle-large.json")
+    s, t = r["student"], r["teacher"]
+    assert r["overrides"]["split.n_train"] == 13200 and s["shipped"] == "student"
+    assert found.group(1, 2) == (f"{s['val']['student']['log_loss']:.4f}", f"{s['val']['teacher']['log_loss']:.4f}")
+    assert found.group(3, 4) == (f"{t['holdout_share_sure']:.2f}", f"{t['holdout_accuracy_when_sure']:.3f}")
+    log = list(csv.DictReader(open(ROOT / "bench/results/fixmatch-full-data-kaggle-large-student-log.csv")))
+    past = [float(row["past_threshold"]) for row in log]
+    low = int(found.group(7))
+    assert found.group(5, 6) == (f"{past[0]:.2f}", f"{past[low - 1]:.2f}") and past[low - 1] == min(past)
+    assert found.group(8) == f"{past[-1]:.2f}"
+    logs = "bench/results/fixmatch-full-data-kaggle-large-{}-val-log.csv"
+    teacher_last = list(csv.DictReader(open(ROOT / logs.format("teacher"))))[-1]
+    val = {int(row["epoch"]): row for row in csv.DictReader(open(ROOT / logs.format("student")))}
+    assert found.group(9) == f"{float(teacher_last['val_accuracy']):.3f}"
+    assert found.group(10) == f"{float(val[int(found.group(11))]['val_accuracy']):.3f}"
+    assert found.group(12) == f"{s['wall_s'] / 60:.1f}"
+
+
 def test_the_short_students_figures_in_the_record_are_their_result_files():
     text = " ".join((ROOT / "docs/unlabelled.md").read_text().split())
     found = re.search(
