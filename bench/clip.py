@@ -21,9 +21,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from sklearn import metrics as skm
 
 from accuracy import submit
 from benchlib import bench_arguments, fake_kaggle_for, machine, project_env
+from dogs_vs_cats.common import P_FLOOR
 
 
 def predict(out: str, model: str) -> None:
@@ -41,9 +43,14 @@ def predict(out: str, model: str) -> None:
 
 
 def log_loss(p: np.ndarray, y: np.ndarray, clip: float) -> float:
-    floor = max(clip, 1e-7)  # the pipeline's own floor (common.P_FLOOR) when unclipped
-    p = np.clip(p, floor, 1 - floor)
-    return float(-np.mean(np.where(y == 1, np.log(p), np.log(1 - p))))
+    """Log loss at `clip`; below the pipeline's own floor, at that floor, as `evaluate` scores."""
+    floor = max(clip, P_FLOOR)
+    return float(skm.log_loss(y, np.clip(p, floor, 1 - floor), labels=[0, 1]))
+
+
+def share_sure(p: np.ndarray) -> float:
+    """The share of photos the model gives P(dog) or P(cat) of at least 0.99."""
+    return round(float(np.mean(np.maximum(p, 1 - p) >= 0.99)), 4)
 
 
 def main() -> int:
@@ -71,7 +78,6 @@ def main() -> int:
         cmd = [sys.executable, __file__, "--predict", str(npz), "--model", args.model]
         subprocess.run(cmd, cwd=project, env=env, check=True)
         a = np.load(npz)
-        sure = lambda p: round(float(np.mean(np.maximum(p, 1 - p) >= 0.99)), 4)  # noqa: E731
         rows = []
         for c in clips:
             sub = Path(tmp) / f"clip-{c:g}.csv"
@@ -91,7 +97,7 @@ def main() -> int:
     result = {
         "run": str(args.keep),
         "model": args.model,
-        "share_sure_0.99": {s: sure(a[f"{s}_p"]) for s in ("val", "holdout", "test")},
+        "share_sure_0.99": {s: share_sure(a[f"{s}_p"]) for s in ("val", "holdout", "test")},
         "clips": rows,
         "machine": machine(),
     }

@@ -41,6 +41,12 @@ def _scores(result: dict, *keys: str) -> tuple[str, ...]:
 HOLDOUT = ("holdout_accuracy", "holdout_log_loss")
 
 
+def _rows(rel: str) -> list[dict]:
+    """The rows of a committed CSV log."""
+    with open(ROOT / rel, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def _number(cell: str) -> float:
     return float(re.match(r"[\d,.]+", cell).group().replace(",", ""))
 
@@ -287,14 +293,15 @@ def test_the_full_data_students_paragraph_is_its_result_and_logs():
     assert r["overrides"]["split.n_train"] == 13200 and s["shipped"] == "student"
     assert found.group(1, 2) == (f"{s['val']['student']['log_loss']:.4f}", f"{s['val']['teacher']['log_loss']:.4f}")
     assert found.group(3, 4) == (f"{t['holdout_share_sure']:.2f}", f"{t['holdout_accuracy_when_sure']:.3f}")
-    log = list(csv.DictReader(open(ROOT / "bench/results/fixmatch-full-data-kaggle-large-student-log.csv")))
-    past = [float(row["past_threshold"]) for row in log]
+    past = [
+        float(row["past_threshold"]) for row in _rows("bench/results/fixmatch-full-data-kaggle-large-student-log.csv")
+    ]
     low = int(found.group(7))
     assert found.group(5, 6) == (f"{past[0]:.2f}", f"{past[low - 1]:.2f}") and past[low - 1] == min(past)
     assert found.group(8) == f"{past[-1]:.2f}"
     logs = "bench/results/fixmatch-full-data-kaggle-large-{}-val-log.csv"
-    teacher_last = list(csv.DictReader(open(ROOT / logs.format("teacher"))))[-1]
-    val = {int(row["epoch"]): row for row in csv.DictReader(open(ROOT / logs.format("student")))}
+    teacher_last = _rows(logs.format("teacher"))[-1]
+    val = {int(row["epoch"]): row for row in _rows(logs.format("student"))}
     assert found.group(9) == f"{float(teacher_last['val_accuracy']):.3f}"
     assert found.group(10) == f"{float(val[int(found.group(11))]['val_accuracy']):.3f}"
     assert found.group(12) == f"{s['wall_s'] / 60:.1f}"
@@ -411,12 +418,11 @@ def test_the_second_long_students_paragraph_is_its_result_file_and_its_logs():
     assert s["shipped"] == "student" and val == _scores(s["val"]["student"], "log_loss") + _scores(
         s["val"]["teacher"], "log_loss"
     )
-    with open(ROOT / "bench/results/fixmatch-kaggle-large-seed7-112epochs-student-val-log.csv", newline="") as f:
-        accuracy = {int(row["epoch"]): row["val_accuracy"] for row in csv.DictReader(f)}
+    val_log = _rows("bench/results/fixmatch-kaggle-large-seed7-112epochs-student-val-log.csv")
+    accuracy = {int(row["epoch"]): row["val_accuracy"] for row in val_log}
     low, a, b = swing
     assert accuracy[int(a)] == accuracy[int(b)] == low and accuracy[max(accuracy)] == end
-    with open(ROOT / "bench/results/fixmatch-kaggle-large-seed7-112epochs-student-log.csv", newline="") as f:
-        log = list(csv.DictReader(f))
+    log = _rows("bench/results/fixmatch-kaggle-large-seed7-112epochs-student-log.csv")
     past = [float(row["past_threshold"]) for row in log]
     assert tuple(map(float, shares)) == (round(min(past), 2), round(past[-1], 2))
     assert tuple(map(float, short)) == (
