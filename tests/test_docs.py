@@ -481,6 +481,57 @@ def test_the_clip_table_and_sentence_are_the_clip_bench_results():
     assert found.group(1, 3, 4) == (f"{old - new:.3f}", f"{old:.3f}", f"{new:.3f}")
 
 
+def test_the_resolution_table_and_the_spread_are_their_result_files():
+    docs = (ROOT / "docs/ensembles.md").read_text()
+    rows = {row[0]: row[1:] for row in _table("resolution", docs)}
+    low = _load("bench/results/accuracy-full-data-kaggle-large.json")
+    clips = {
+        row["clip"]: row for row in _load("bench/results/clip-full-data-kaggle-large-seed42-teacher.json")["clips"]
+    }
+    one = _load("bench/results/accuracy-full-data-160px-kaggle-large.json")
+    two = _load("bench/results/accuracy-full-data-160px-ensemble2-kaggle-large.json")
+    assert one["overrides"]["prepare.image_size"] == two["overrides"]["prepare.image_size"] == 160
+    assert one["overrides"]["submission.clip"] == two["overrides"]["submission.clip"] == 0.001
+    # seed 42's member in the pair is the one-net run's model: the pair's run only added seed 7
+    assert two["members"]["42"]["holdout"] == {"accuracy": one["holdout_accuracy"], "log_loss": one["holdout_log_loss"]}
+    assert two["edge"]["seed"] == 42 and two["edge"]["kaggle_log_loss"] == one["kaggle_log_loss"]
+
+    def cells(accuracy, log_loss, val, kaggle, wall):
+        shown = [f"{accuracy:.3f}", f"{log_loss:.3f}", f"{val:.4f}", "" if kaggle is None else f"{kaggle:.4f}"]
+        return shown + [f"{wall / 60:.1f} min"]
+
+    seven = two["members"]["7"]
+    expected = {
+        "seed 42 at 128 px": cells(*_figures(low, clips[0.001]["kaggle_log_loss"])),
+        "seed 42 at 160 px (the edge net)": cells(*_figures(one, one["kaggle_log_loss"])),
+        "seed 7 at 160 px": cells(
+            seven["holdout"]["accuracy"],
+            seven["holdout"]["log_loss"],
+            seven["val"]["log_loss"],
+            None,
+            seven["train_wall_s"],
+        ),
+        "the two combined": cells(*_figures(two, two["kaggle_log_loss"])),
+    }
+    assert rows.keys() == expected.keys()
+    for name, want in expected.items():
+        assert rows[name][:4] == want[:4] and rows[name][4].startswith(want[4]), name
+    old = _load("bench/results/accuracy-full-data-ensemble2-kaggle-large.json")
+    text = " ".join(docs.split())
+    sds = f"sd {two['spread']['log_loss']['sd']:.4f} against {old['spread']['log_loss']['sd']:.4f}"
+    assert f"At 160 px the seeds differ more than at 128 px: {sds}" in text
+
+
+def _figures(result: dict, kaggle: float) -> tuple:
+    return (
+        result["holdout_accuracy"],
+        result["holdout_log_loss"],
+        result["val_log_loss"],
+        kaggle,
+        result["train_wall_s"],
+    )
+
+
 def test_the_full_data_recipe_is_its_file_the_readmes_command_and_the_recorded_run():
     import yaml
 
@@ -488,11 +539,16 @@ def test_the_full_data_recipe_is_its_file_the_readmes_command_and_the_recorded_r
 
     recipe = read_recipe(ROOT / "bench/recipes/full-data.yaml")
     assert "`bench/recipes/full-data.yaml`" in README
-    line = next(x for x in README.splitlines() if x.startswith("dvc exp run -S split.n_train="))
-    words = line.split()[3:]
+    lines = README.splitlines()
+    start = next(i for i, x in enumerate(lines) if x.startswith("dvc exp run -S split.n_train="))
+    command = lines[start]
+    while command.endswith("\\"):  # continued on the next line
+        start += 1
+        command = command[:-1] + lines[start]
+    words = command.split()[3:]
     pairs = dict(w.strip("'").split("=", 1) for w in words[1::2])
     assert words[0::2] == ["-S"] * len(pairs) and {k: yaml.safe_load(v) for k, v in pairs.items()} == recipe
-    run = _load("bench/results/accuracy-full-data-ensemble2-kaggle-large.json")
+    run = _load("bench/results/accuracy-full-data-160px-ensemble2-kaggle-large.json")
     assert run["overrides"] == recipe and "kaggle-large" in run["competition"]
 
 
