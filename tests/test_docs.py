@@ -500,18 +500,24 @@ def test_the_resolution_table_and_the_spread_are_their_result_files():
         shown = [f"{accuracy:.3f}", f"{log_loss:.3f}", f"{val:.4f}", "" if kaggle is None else f"{kaggle:.4f}"]
         return shown + [f"{wall / 60:.1f} min"]
 
-    seven = two["members"]["7"]
+    three = _load("bench/results/accuracy-full-data-160px-ensemble3-kaggle-large.json")
+    assert three["overrides"] == {**two["overrides"], "ensemble.seeds": [42, 7, 1]}
+    assert all(three["members"][s] == two["members"][s] for s in ("42", "7"))  # the third run only added seed 1
+    assert three["edge"]["seed"] == 1
+
+    def member(result, seed, kaggle=None):
+        m = result["members"][seed]
+        return cells(
+            m["holdout"]["accuracy"], m["holdout"]["log_loss"], m["val"]["log_loss"], kaggle, m["train_wall_s"]
+        )
+
     expected = {
         "seed 42 at 128 px": cells(*_figures(low, clips[0.001]["kaggle_log_loss"])),
-        "seed 42 at 160 px (the edge net)": cells(*_figures(one, one["kaggle_log_loss"])),
-        "seed 7 at 160 px": cells(
-            seven["holdout"]["accuracy"],
-            seven["holdout"]["log_loss"],
-            seven["val"]["log_loss"],
-            None,
-            seven["train_wall_s"],
-        ),
-        "the two combined": cells(*_figures(two, two["kaggle_log_loss"])),
+        "seed 42 at 160 px (the pair's edge net)": cells(*_figures(one, one["kaggle_log_loss"])),
+        "seed 7 at 160 px": member(two, "7"),
+        "the two combined: the recipe": cells(*_figures(two, two["kaggle_log_loss"])),
+        "seed 1 at 160 px (the three's edge net)": member(three, "1", three["edge"]["kaggle_log_loss"]),
+        "the three combined": cells(*_figures(three, three["kaggle_log_loss"])),
     }
     assert rows.keys() == expected.keys()
     for name, want in expected.items():
