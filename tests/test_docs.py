@@ -481,43 +481,44 @@ def test_the_clip_table_and_sentence_are_the_clip_bench_results():
     assert found.group(1, 3, 4) == (f"{old - new:.3f}", f"{old:.3f}", f"{new:.3f}")
 
 
+def _cells(accuracy, log_loss, val, kaggle, wall) -> list[str]:
+    """A row of docs/ensembles.md's resolution table as shown: an empty Kaggle cell where none was scored."""
+    shown = [f"{accuracy:.3f}", f"{log_loss:.3f}", f"{val:.4f}", "" if kaggle is None else f"{kaggle:.4f}"]
+    return shown + [f"{wall / 60:.1f} min"]
+
+
+def _run_cells(r: dict, kaggle: float) -> list[str]:
+    return _cells(r["holdout_accuracy"], r["holdout_log_loss"], r["val_log_loss"], kaggle, r["train_wall_s"])
+
+
+def _member_cells(r: dict, seed: str, kaggle: float | None = None) -> list[str]:
+    m = r["members"][seed]
+    return _cells(m["holdout"]["accuracy"], m["holdout"]["log_loss"], m["val"]["log_loss"], kaggle, m["train_wall_s"])
+
+
 def test_the_resolution_table_and_the_spread_are_their_result_files():
     docs = (ROOT / "docs/ensembles.md").read_text()
     rows = {row[0]: row[1:] for row in _table("resolution", docs)}
     low = _load("bench/results/accuracy-full-data-kaggle-large.json")
-    clips = {
-        row["clip"]: row for row in _load("bench/results/clip-full-data-kaggle-large-seed42-teacher.json")["clips"]
-    }
-    one = _load("bench/results/accuracy-full-data-160px-kaggle-large.json")
-    two = _load("bench/results/accuracy-full-data-160px-ensemble2-kaggle-large.json")
+    clips = _load("bench/results/clip-full-data-kaggle-large-seed42-teacher.json")["clips"]
+    low_kaggle = next(row["kaggle_log_loss"] for row in clips if row["clip"] == 0.001)
+    one, two, three = (_load(f"bench/results/accuracy-full-data-160px-{n}kaggle-large.json") for n in RESOLUTION)
     assert one["overrides"]["prepare.image_size"] == two["overrides"]["prepare.image_size"] == 160
     assert one["overrides"]["submission.clip"] == two["overrides"]["submission.clip"] == 0.001
-    # seed 42's member in the pair is the one-net run's model: the pair's run only added seed 7
-    assert two["members"]["42"]["holdout"] == {"accuracy": one["holdout_accuracy"], "log_loss": one["holdout_log_loss"]}
-    assert two["edge"]["seed"] == 42 and two["edge"]["kaggle_log_loss"] == one["kaggle_log_loss"]
-
-    def cells(accuracy, log_loss, val, kaggle, wall):
-        shown = [f"{accuracy:.3f}", f"{log_loss:.3f}", f"{val:.4f}", "" if kaggle is None else f"{kaggle:.4f}"]
-        return shown + [f"{wall / 60:.1f} min"]
-
-    three = _load("bench/results/accuracy-full-data-160px-ensemble3-kaggle-large.json")
     assert three["overrides"] == {**two["overrides"], "ensemble.seeds": [42, 7, 1]}
-    assert all(three["members"][s] == two["members"][s] for s in ("42", "7"))  # the third run only added seed 1
+    # Each run added one seed to the last one's kept project: its earlier members are the same models.
+    assert two["members"]["42"]["holdout"] == {"accuracy": one["holdout_accuracy"], "log_loss": one["holdout_log_loss"]}
+    assert all(three["members"][s] == two["members"][s] for s in ("42", "7"))
+    assert two["edge"]["seed"] == 42 and two["edge"]["kaggle_log_loss"] == one["kaggle_log_loss"]
     assert three["edge"]["seed"] == 1
 
-    def member(result, seed, kaggle=None):
-        m = result["members"][seed]
-        return cells(
-            m["holdout"]["accuracy"], m["holdout"]["log_loss"], m["val"]["log_loss"], kaggle, m["train_wall_s"]
-        )
-
     expected = {
-        "seed 42 at 128 px": cells(*_figures(low, clips[0.001]["kaggle_log_loss"])),
-        "seed 42 at 160 px (the pair's edge net)": cells(*_figures(one, one["kaggle_log_loss"])),
-        "seed 7 at 160 px": member(two, "7"),
-        "the two combined: the recipe": cells(*_figures(two, two["kaggle_log_loss"])),
-        "seed 1 at 160 px (the three's edge net)": member(three, "1", three["edge"]["kaggle_log_loss"]),
-        "the three combined": cells(*_figures(three, three["kaggle_log_loss"])),
+        "seed 42 at 128 px": _run_cells(low, low_kaggle),
+        "seed 42 at 160 px (the pair's edge net)": _run_cells(one, one["kaggle_log_loss"]),
+        "seed 7 at 160 px": _member_cells(two, "7"),
+        "the two combined: the recipe": _run_cells(two, two["kaggle_log_loss"]),
+        "seed 1 at 160 px (the three's edge net)": _member_cells(three, "1", three["edge"]["kaggle_log_loss"]),
+        "the three combined": _run_cells(three, three["kaggle_log_loss"]),
     }
     assert rows.keys() == expected.keys()
     for name, want in expected.items():
@@ -528,14 +529,30 @@ def test_the_resolution_table_and_the_spread_are_their_result_files():
     assert f"At 160 px the seeds differ more than at 128 px: {sds}" in text
 
 
-def _figures(result: dict, kaggle: float) -> tuple:
-    return (
-        result["holdout_accuracy"],
-        result["holdout_log_loss"],
-        result["val_log_loss"],
-        kaggle,
-        result["train_wall_s"],
+RESOLUTION = ("", "ensemble2-", "ensemble3-")  # one net, then a second and a third member added
+
+
+def test_the_readmes_recipe_paragraph_is_its_result_files():
+    text = " ".join(README.split())
+    found = re.search(
+        r"two members, the last 15 epochs at (\d+) px, scoring (\d\.\d+) on Kaggle, (\d\.\d+) short of the bronze "
+        r"line \(0\.0613\), and (\d\.\d+) on the holdout \(target 0\.065\), in (\d+) minutes of training; its edge "
+        r"net, seed (\d+), scores (\d\.\d+) \(target 0\.075\)\. A third member brings (\d\.\d+) and (\d\.\d+), "
+        r"but at (\d+) minutes of `dvc repro`, past the 150",
+        text,
     )
+    assert found, "the README's recipe paragraph has changed: update this test with it"
+    two = _load("bench/results/accuracy-full-data-160px-ensemble2-kaggle-large.json")
+    three = _load("bench/results/accuracy-full-data-160px-ensemble3-kaggle-large.json")
+    assert int(found.group(1)) == two["overrides"]["prepare.image_size"]
+    assert found.group(2, 4) == (f"{two['kaggle_log_loss']:.3f}", f"{two['holdout_log_loss']:.3f}")
+    assert found.group(3) == f"{two['kaggle_log_loss'] - 0.0613:.3f}"
+    assert int(found.group(5)) == round(two["train_wall_s"] / 60)
+    assert int(found.group(6)) == two["edge"]["seed"] and found.group(7) == f"{two['edge']['kaggle_log_loss']:.3f}"
+    assert found.group(8, 9) == (f"{three['kaggle_log_loss']:.3f}", f"{three['holdout_log_loss']:.3f}")
+    # each run's repro covers the stages it ran: the one net's, then each added member's
+    one = _load("bench/results/accuracy-full-data-160px-kaggle-large.json")
+    assert int(found.group(10)) == round(sum(r["repro_wall_s"] for r in (one, two, three)) / 60)
 
 
 def test_the_full_data_recipe_is_its_file_the_readmes_command_and_the_recorded_run():
