@@ -80,6 +80,41 @@ def test_the_strong_views_are_normalised_but_never_move_the_running_statistics()
     assert any(not np.allclose(v.numpy(), a) for v, a in zip(statistics, after))
 
 
+def test_normalised_apart_the_strong_views_change_the_step_but_the_statistics_are_the_labelled_batchs():
+    import keras
+
+    from dogs_vs_cats.consistency import FixMatch
+    from dogs_vs_cats.model import from_params
+    from dogs_vs_cats.recipe import compile_for_training
+
+    t = from_dict({"train": {"precision": "float32", "warmup_epochs": 0}}).train  # the first step moves the weights
+    rng = np.random.default_rng(0)
+    labelled, weak = (rng.uniform(0, 255, (n, 32, 32, 3)).astype("float32") for n in (8, 16))
+    strong = np.full((16, 32, 32, 3), 255.0, "float32")
+    y = np.eye(2, dtype="float32")[[0, 1] * 4]
+    weights = {}
+    for normalise in ("joint", "separate"):
+        keras.utils.set_random_seed(0)
+        graph = from_params(t, 32)
+        net = FixMatch(graph.inputs, graph.outputs, threshold=0.5, normalise=normalise)
+        compile_for_training(net, t, 1)
+        statistics = net.running_statistics()
+        before = [v.numpy() for v in statistics]
+        if normalise == "separate":  # what the labelled batch alone moves them to, with the weights before the step
+            net(labelled, training=True)
+            expected = [v.numpy() for v in statistics]
+            for v, value in zip(statistics, before):
+                v.assign(value)
+        net.train_step(((labelled, weak, strong), y))
+        weights[normalise] = [v.numpy() for v in net.trainable_variables]
+    after = [v.numpy() for v in statistics]
+    assert all(np.array_equal(a, e) for a, e in zip(after, expected))
+    assert any(not np.allclose(a, b) for a, b in zip(after, before))
+    # The same photos, the same start, another normalisation: another step.
+    assert any(not np.allclose(a, b) for a, b in zip(weights["joint"], weights["separate"]))
+    assert FixMatch.from_config(net.get_config()).normalise == "separate"
+
+
 def test_the_students_warm_up_is_an_epoch_or_enough_epochs_to_make_sixty_steps():
     from dogs_vs_cats.recipe import MIN_WARMUP_STEPS, warmup_epochs
 

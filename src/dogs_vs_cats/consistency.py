@@ -52,11 +52,17 @@ class FixMatch(keras.Model):
     toward darkened, washed-out, cut-out photos: the first runs lost three points of validation
     accuracy that way, and with them most confident targets. So after each step the running
     statistics are put back and moved by the labelled batch alone, as the teacher's were.
+
+    With `normalise="joint"` (FixMatch's) the labelled photos and the strong views still share one
+    batch's statistics while the weights learn, so the weights learn under a normalisation that
+    inference, with the labelled photos' statistics, never applies. `"separate"` normalises each
+    batch by its own statistics: the labelled photos' step is exactly the teacher's, and the running
+    statistics are the ones that pass moved, before the step, with no extra pass to move them.
     """
 
-    def __init__(self, *args, threshold: float = 0.95, weight: float = 1.0, **kwargs):
+    def __init__(self, *args, threshold: float = 0.95, weight: float = 1.0, normalise: str = "joint", **kwargs):
         super().__init__(*args, **kwargs)
-        self.threshold, self.weight = threshold, weight
+        self.threshold, self.weight, self.normalise = threshold, weight, normalise
         self.means = {name: keras.metrics.Mean(name=name) for name in ("loss", "log_loss", "past_threshold")}
         self.labelled_accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
 
@@ -65,12 +71,12 @@ class FixMatch(keras.Model):
         return [*self.means.values(), self.labelled_accuracy]
 
     def get_config(self):
-        return {**super().get_config(), "threshold": self.threshold, "weight": self.weight}
+        return {**super().get_config(), "threshold": self.threshold, "weight": self.weight, "normalise": self.normalise}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        settings = {k: config.pop(k) for k in ("threshold", "weight")}
+        settings = {k: config.pop(k) for k in ("threshold", "weight", "normalise") if k in config}
         graph = keras.Model.from_config(config, custom_objects=custom_objects)
         return cls(graph.inputs, graph.outputs, name=graph.name, **settings)
 
@@ -84,23 +90,31 @@ class FixMatch(keras.Model):
 
     def train_step(self, data):
         (labelled, weak, strong), y = data
-        n = tf.shape(labelled)[0]
         p_weak = self(weak, training=False)
         statistics = self.running_statistics()
-        before = [tf.identity(v) for v in statistics]
+        joint = self.normalise == "joint"
+        before = [tf.identity(v) for v in statistics] if joint else None
         with tf.GradientTape() as tape:
-            p = self(tf.concat([labelled, strong], axis=0), training=True)
-            supervised = self.loss(y, p[:n])
-            unsupervised, mask = consistency_loss(p_weak, p[n:], self.threshold)
+            if joint:
+                n = tf.shape(labelled)[0]
+                p = self(tf.concat([labelled, strong], axis=0), training=True)
+                p_labelled, p_strong = p[:n], p[n:]
+            else:
+                p_labelled = self(labelled, training=True)
+                moved = [tf.identity(v) for v in statistics]  # by the labelled batch alone
+                p_strong = self(strong, training=True)
+            supervised = self.loss(y, p_labelled)
+            unsupervised, mask = consistency_loss(p_weak, p_strong, self.threshold)
             loss = supervised + self.weight * unsupervised
         self.optimizer.apply(tape.gradient(loss, self.trainable_variables), self.trainable_variables)
-        for v, value in zip(statistics, before):
+        for v, value in zip(statistics, before if joint else moved):
             v.assign(value)
-        self(labelled, training=True)  # only to move the running statistics
+        if joint:
+            self(labelled, training=True)  # only to move the running statistics
         self.means["loss"].update_state(loss)
-        self.means["log_loss"].update_state(keras.losses.categorical_crossentropy(y, p[:n]))
+        self.means["log_loss"].update_state(keras.losses.categorical_crossentropy(y, p_labelled))
         self.means["past_threshold"].update_state(mask)
-        self.labelled_accuracy.update_state(y, p[:n])
+        self.labelled_accuracy.update_state(y, p_labelled)
         return {m.name: m.result() for m in self.metrics}
 
 
@@ -167,7 +181,9 @@ class Consistency:
 
         u, t = params.unlabelled, params.train
         graph = from_params(t, params.prepare.image_size)
-        net = FixMatch(graph.inputs, graph.outputs, name=graph.name, threshold=u.threshold, weight=u.weight)
+        net = FixMatch(
+            graph.inputs, graph.outputs, name=graph.name, threshold=u.threshold, weight=u.weight, normalise=u.normalise
+        )
         net.set_weights(plain_weights(self.teacher))
         compile_for_training(net, replace(t, warmup_epochs=warmup_epochs(t.epochs, steps)), steps)
         return net

@@ -21,6 +21,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+NORMALISE = ("joint", "separate")
 
 
 class ParamError(UserError):
@@ -142,6 +143,7 @@ class Unlabelled:
     colour: float = setting(0.4, _between(0, 1, hi_open=True))
     cutout: float = setting(0.5, _between(0, 1))
     ema: float = setting(0.999, _off_or(lambda v: 0.9 <= v < 1, "a decay per step in [0.9, 1)"))
+    normalise: str = setting("joint", _choice(NORMALISE))
     fallback: bool = setting(True, _FLAG)
 
 
