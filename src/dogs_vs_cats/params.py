@@ -144,6 +144,7 @@ class Unlabelled:
     cutout: float = setting(0.5, _between(0, 1))
     ema: float = setting(0.999, _off_or(lambda v: 0.9 <= v < 1, "a decay per step in [0.9, 1)"))
     normalise: str = setting("joint", _choice(NORMALISE))
+    label_smoothing: float = setting(0.1, _between(0, 0.5, hi_open=True))
     fallback: bool = setting(True, _FLAG)
 
 
@@ -312,9 +313,9 @@ def _continued(params: Params, epochs: int, learning_rate: float, **train) -> Pa
 
 def student(params: Params) -> Params:
     """The params the student trains with: the teacher's recipe, continued from the teacher's weights for
-    `unlabelled.epochs`, with its own rate and weight average."""
+    `unlabelled.epochs`, with its own rate, weight average and smoothing of the labelled photos' targets."""
     u = params.unlabelled
-    return _continued(params, u.epochs, u.learning_rate, ema=u.ema)
+    return _continued(params, u.epochs, u.learning_rate, ema=u.ema, label_smoothing=u.label_smoothing)
 
 
 def distilled(params: Params, seed: int) -> Params:
