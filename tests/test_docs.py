@@ -435,6 +435,117 @@ def test_the_second_long_students_paragraph_is_its_result_file_and_its_logs():
     assert (int(pace[0]), int(pace[1])) == (round(each), round(each * s["epochs"] / 60))
 
 
+GENTLE = "bench/results/accuracy-fixmatch-kaggle-large-seed7-lr0.0003-40epochs{}.json"
+GENTLE_LOG = "bench/results/fixmatch-kaggle-large-seed7-lr0.0003-40epochs{}-student-log.csv"
+
+
+def _share_dip(rel: str) -> tuple[str, str, str, str]:
+    """The share past the threshold in a student's log: first, lowest, the epoch of the lowest, last."""
+    rows = _rows(rel)
+    low = min(rows, key=lambda r: float(r["past_threshold"]))
+    share = [rows[0]["past_threshold"], low["past_threshold"], rows[-1]["past_threshold"]]
+    first, lowest, last = (f"{float(x):.2f}" for x in share)
+    return first, lowest, low["epoch"], last
+
+
+def test_the_gentler_students_paragraph_is_its_result_files_and_logs():
+    text = " ".join((ROOT / "docs/unlabelled.md").read_text().split())
+    found = re.search(r"Gentler, on seed 7: .*?exactly \((\d\.\d+) / (\d\.\d+)\), and trained (\d+) epochs", text)
+    assert found, "the gentler students' paragraph has changed: update this test with it"
+    long = _load("bench/results/accuracy-fixmatch-kaggle-large-seed7-112epochs.json")
+    suffixes = (("rate", ""), ("separate", "-separate"), ("smoothing", "-no-smoothing"))
+    runs = {label: _load(GENTLE.format(suffix)) for label, suffix in suffixes}
+    for r in [long, *runs.values()]:
+        assert found.group(1, 2) == _scores(r["teacher"], *HOLDOUT)
+    for r in runs.values():
+        assert r["unlabelled"]["params"]["learning_rate"] == 0.0003
+        assert r["unlabelled"]["params"]["epochs"] == int(found.group(3)) == r["student"]["epochs"]
+    labels = (("A third of the rate", "rate"), ("Separate statistics", "separate"), ("No smoothing", "smoothing"))
+    for label, r in ((label, runs[key]) for label, key in labels):
+        scored = re.search(rf"\*{label}\*.*? scored (\d\.\d+) / (\d\.\d+) on the holdout \(Kaggle (\d\.\d+)\)", text)
+        assert scored and scored.groups() == _scores(r, *HOLDOUT, "kaggle_log_loss"), label
+    assert runs["separate"]["unlabelled"]["params"]["normalise"] == "separate"
+    assert "normalise" not in runs["rate"]["unlabelled"]["params"]  # joint: the only way before the setting
+    assert runs["smoothing"]["unlabelled"]["params"]["label_smoothing"] == 0
+    assert runs["smoothing"]["unlabelled"]["params"]["normalise"] == "joint"
+
+    rate, t = runs["rate"], runs["rate"]["teacher"]
+    found = re.search(
+        r"in ([\d.]+) minutes, ([\d.]+) times its teacher's ([\d.]+) .*? fell, from (\d\.\d+) to (\d\.\d+) at "
+        r"epoch (\d+), and ended at (\d\.\d+) .*? over the teacher, (\d\.\d) points and (\d\.\d+) of log loss.*?"
+        r"\((\d\.\d) points and (\d\.\d+) on seed 7, none and (\d\.\d+) on seed 42\).*?"
+        r"112-epoch student's \((\d\.\d) points and (\d\.\d+)\)",
+        text,
+    )
+    assert found
+    g = found.groups()
+    assert g[:3] == (
+        f"{rate['train_wall_s'] / 60:.1f}",
+        f"{rate['train_wall_s'] / t['train_wall_s']:.1f}",
+        f"{t['train_wall_s'] / 60:.1f}",
+    )
+    first, lowest, epoch, last = _share_dip(GENTLE_LOG.format(""))
+    assert g[3:7] == (first, lowest, epoch, last)
+
+    def gain(r):
+        return (
+            f"{100 * (r['holdout_accuracy'] - r['teacher']['holdout_accuracy']):.1f}",
+            f"{r['teacher']['holdout_log_loss'] - r['holdout_log_loss']:.3f}",
+        )
+
+    short7, short42 = (_load(f"bench/results/accuracy-fixmatch-kaggle-large-seed{s}.json") for s in (7, 42))
+    assert g[7:9] == gain(rate) and g[9:11] == gain(short7) and short7["student"]["epochs"] == 30
+    assert gain(short42)[0] == "0.0" and g[11] == gain(short42)[1] and short42["student"]["epochs"] == 30
+    assert g[12:14] == gain(long)
+
+    separate = runs["separate"]
+    found = re.search(
+        r"same cost \(([\d.]+) minutes for the student;.*?by (\d\.\d) points, (\d\.\d+) and (\d\.\d+), but on "
+        r"validation the two were all but equal \((\d\.\d+) against (\d\.\d+)\).*?\((\d\.\d+) at epoch (\d+)\)",
+        text,
+    )
+    assert found
+    g = found.groups()
+    assert g[0] == f"{separate['student']['wall_s'] / 60:.1f}" == f"{rate['student']['wall_s'] / 60:.1f}"
+    assert g[1:4] == (
+        f"{100 * (separate['holdout_accuracy'] - rate['holdout_accuracy']):.1f}",
+        f"{rate['holdout_log_loss'] - separate['holdout_log_loss']:.3f}",
+        f"{rate['kaggle_log_loss'] - separate['kaggle_log_loss']:.3f}",
+    )
+    assert g[4:6] == (
+        str(separate["student"]["val"]["student"]["log_loss"]),
+        str(rate["student"]["val"]["student"]["log_loss"]),
+    )
+    _, lowest, epoch, _ = _share_dip(GENTLE_LOG.format("-separate"))
+    assert g[6:8] == (lowest, epoch)
+
+    found = re.search(r"No smoothing.*? the share past the threshold stayed between (\d\.\d+) and (\d\.\d+)", text)
+    shares = [float(r["past_threshold"]) for r in _rows(GENTLE_LOG.format("-no-smoothing"))]
+    assert found and found.groups() == (f"{min(shares):.2f}", f"{max(shares):.2f}")
+    plain = runs["smoothing"]
+    found = re.search(
+        r"the best of the three: (\d\.\d) points, (\d\.\d+) and (\d\.\d+) better than the first.*?"
+        r"log loss was (\d\.\d+) against (\d\.\d+) and (\d\.\d+).*?the best is (\d\.\d) points short of 0\.95 "
+        r"and (\d\.\d+) of log loss past 0\.14",
+        text,
+    )
+    assert found and found.groups() == (
+        f"{100 * (plain['holdout_accuracy'] - rate['holdout_accuracy']):.1f}",
+        f"{rate['holdout_log_loss'] - plain['holdout_log_loss']:.3f}",
+        f"{rate['kaggle_log_loss'] - plain['kaggle_log_loss']:.3f}",
+        *(str(r["student"]["val"]["student"]["log_loss"]) for r in (plain, rate, separate)),
+        f"{100 * (0.95 - plain['holdout_accuracy']):.1f}",
+        f"{plain['holdout_log_loss'] - 0.14:.3f}",
+    )
+    assert max(runs.values(), key=lambda r: r["holdout_accuracy"]) is plain
+    readme = " ".join(README.split())
+    found = re.search(
+        r"the best, with no label smoothing \(`unlabelled.label_smoothing=0`\), scored (\d\.\d+) / (\d\.\d+)", readme
+    )
+    assert found and found.groups() == _scores(plain, *HOLDOUT)
+    assert min(runs.values(), key=lambda r: r["holdout_log_loss"]) is plain
+
+
 def test_the_readmes_ensemble_sentence_is_its_result_file():
     text = " ".join(README.split())
     found = re.search(
