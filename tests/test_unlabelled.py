@@ -47,24 +47,31 @@ def test_the_weak_views_answer_is_a_target_not_something_the_loss_moves():
     assert grad_weak is None and np.abs(grad_strong.numpy()).sum() > 0
 
 
-def test_the_strong_views_are_normalised_but_never_move_the_running_statistics():
+def _fixmatch(t, normalise: str = "joint"):
+    """A seeded float32 FixMatch net at 32 px, compiled, and one step's batch: 8 labelled photos, 16 weak
+    views, and 16 strong views all white, as far from a photo as a strong view gets."""
     import keras
 
     from dogs_vs_cats.consistency import FixMatch
     from dogs_vs_cats.model import from_params
     from dogs_vs_cats.recipe import compile_for_training
 
-    t = from_dict({"train": {"precision": "float32"}}).train
     keras.utils.set_random_seed(0)
     graph = from_params(t, 32)
-    net = FixMatch(graph.inputs, graph.outputs, threshold=0.5)
+    net = FixMatch(graph.inputs, graph.outputs, threshold=0.5, normalise=normalise)
     compile_for_training(net, t, 1)
     rng = np.random.default_rng(0)
     labelled, weak = (rng.uniform(0, 255, (n, 32, 32, 3)).astype("float32") for n in (8, 16))
-    strong = np.full((16, 32, 32, 3), 255.0, "float32")  # as far from a photo as a strong view gets
+    strong = np.full((16, 32, 32, 3), 255.0, "float32")
+    return net, ((labelled, weak, strong), np.eye(2, dtype="float32")[[0, 1] * 4])
+
+
+def test_the_strong_views_are_normalised_but_never_move_the_running_statistics():
+    net, batch = _fixmatch(from_dict({"train": {"precision": "float32"}}).train)
+    (labelled, _, strong), _ = batch
     statistics = net.running_statistics()
     before = [v.numpy() for v in statistics]
-    net.train_step(((labelled, weak, strong), np.eye(2, dtype="float32")[[0, 1] * 4]))
+    net.train_step(batch)
     after = [v.numpy() for v in statistics]
     assert any(not np.allclose(a, b) for a, b in zip(after, before))  # they did move
 
@@ -81,23 +88,13 @@ def test_the_strong_views_are_normalised_but_never_move_the_running_statistics()
 
 
 def test_normalised_apart_the_strong_views_change_the_step_but_the_statistics_are_the_labelled_batchs():
-    import keras
-
     from dogs_vs_cats.consistency import FixMatch
-    from dogs_vs_cats.model import from_params
-    from dogs_vs_cats.recipe import compile_for_training
 
     t = from_dict({"train": {"precision": "float32", "warmup_epochs": 0}}).train  # the first step moves the weights
-    rng = np.random.default_rng(0)
-    labelled, weak = (rng.uniform(0, 255, (n, 32, 32, 3)).astype("float32") for n in (8, 16))
-    strong = np.full((16, 32, 32, 3), 255.0, "float32")
-    y = np.eye(2, dtype="float32")[[0, 1] * 4]
     weights = {}
     for normalise in ("joint", "separate"):
-        keras.utils.set_random_seed(0)
-        graph = from_params(t, 32)
-        net = FixMatch(graph.inputs, graph.outputs, threshold=0.5, normalise=normalise)
-        compile_for_training(net, t, 1)
+        net, batch = _fixmatch(t, normalise)
+        (labelled, _, _), _ = batch
         statistics = net.running_statistics()
         before = [v.numpy() for v in statistics]
         if normalise == "separate":  # what the labelled batch alone moves them to, with the weights before the step
@@ -105,7 +102,7 @@ def test_normalised_apart_the_strong_views_change_the_step_but_the_statistics_ar
             expected = [v.numpy() for v in statistics]
             for v, value in zip(statistics, before):
                 v.assign(value)
-        net.train_step(((labelled, weak, strong), y))
+        net.train_step(batch)
         weights[normalise] = [v.numpy() for v in net.trainable_variables]
     after = [v.numpy() for v in statistics]
     assert all(np.array_equal(a, e) for a, e in zip(after, expected))
