@@ -91,31 +91,51 @@ class FixMatch(keras.Model):
     def train_step(self, data):
         (labelled, weak, strong), y = data
         p_weak = self(weak, training=False)
-        statistics = self.running_statistics()
-        joint = self.normalise == "joint"
-        before = [tf.identity(v) for v in statistics] if joint else None
-        with tf.GradientTape() as tape:
-            if joint:
-                n = tf.shape(labelled)[0]
-                p = self(tf.concat([labelled, strong], axis=0), training=True)
-                p_labelled, p_strong = p[:n], p[n:]
-            else:
-                p_labelled = self(labelled, training=True)
-                moved = [tf.identity(v) for v in statistics]  # by the labelled batch alone
-                p_strong = self(strong, training=True)
-            supervised = self.loss(y, p_labelled)
-            unsupervised, mask = consistency_loss(p_weak, p_strong, self.threshold)
-            loss = supervised + self.weight * unsupervised
-        self.optimizer.apply(tape.gradient(loss, self.trainable_variables), self.trainable_variables)
-        for v, value in zip(statistics, before if joint else moved):
-            v.assign(value)
-        if joint:
-            self(labelled, training=True)  # only to move the running statistics
+        step = self._joint_step if self.normalise == "joint" else self._separate_step
+        loss, mask, p_labelled = step(labelled, strong, y, p_weak)
         self.means["loss"].update_state(loss)
         self.means["log_loss"].update_state(keras.losses.categorical_crossentropy(y, p_labelled))
         self.means["past_threshold"].update_state(mask)
         self.labelled_accuracy.update_state(y, p_labelled)
         return {m.name: m.result() for m in self.metrics}
+
+    def _joint_step(self, labelled, strong, y, p_weak):
+        """One pass over both batches; then the statistics are put back and moved by the labelled batch."""
+        before = self._statistics()
+        with tf.GradientTape() as tape:
+            n = tf.shape(labelled)[0]
+            p = self(tf.concat([labelled, strong], axis=0), training=True)
+            p_labelled, p_strong = p[:n], p[n:]
+            loss, mask = self._loss(y, p_labelled, p_weak, p_strong)
+        self._learn(tape, loss)
+        self._restore(before)
+        self(labelled, training=True)  # only to move the running statistics
+        return loss, mask, p_labelled
+
+    def _separate_step(self, labelled, strong, y, p_weak):
+        """A pass per batch; the statistics end where the labelled pass left them."""
+        with tf.GradientTape() as tape:
+            p_labelled = self(labelled, training=True)
+            moved = self._statistics()
+            p_strong = self(strong, training=True)
+            loss, mask = self._loss(y, p_labelled, p_weak, p_strong)
+        self._learn(tape, loss)
+        self._restore(moved)
+        return loss, mask, p_labelled
+
+    def _loss(self, y, p_labelled, p_weak, p_strong):
+        unsupervised, mask = consistency_loss(p_weak, p_strong, self.threshold)
+        return self.loss(y, p_labelled) + self.weight * unsupervised, mask
+
+    def _learn(self, tape, loss):
+        self.optimizer.apply(tape.gradient(loss, self.trainable_variables), self.trainable_variables)
+
+    def _statistics(self) -> list:
+        return [tf.identity(v) for v in self.running_statistics()]
+
+    def _restore(self, values) -> None:
+        for v, value in zip(self.running_statistics(), values):
+            v.assign(value)
 
 
 def weak_and_strong(params: Params, size: int):
