@@ -225,15 +225,8 @@ def test_distilling_needs_two_members_and_one_device_and_continues_the_best_memb
 def test_the_student_continues_the_teachers_recipe_with_its_own_rate_length_average_and_smoothing():
     params = P.from_dict({"unlabelled": {"epochs": 9, "learning_rate": 0.0003, "ema": 0.99, "label_smoothing": 0.0}})
     t = P.student(params).train
-    assert (t.epochs, t.learning_rate, t.ema, t.label_smoothing, t.low_res_size, t.warmup_epochs) == (
-        9,
-        0.0003,
-        0.99,
-        0.0,
-        0,
-        1,
-    )
+    own = dict(epochs=9, learning_rate=0.0003, ema=0.99, label_smoothing=0.0, low_res_size=0, warmup_epochs=1)
+    assert {k: getattr(t, k) for k in own} == own
     assert params.train.label_smoothing == 0.1  # the teacher's own is untouched
-    assert P.replace(
-        t, epochs=120, learning_rate=0.003, ema=0.0, label_smoothing=0.1, low_res_size=96, warmup_epochs=3
-    ) == (params.train)
+    teachers = dict(epochs=120, learning_rate=0.003, ema=0.0, label_smoothing=0.1, low_res_size=96, warmup_epochs=3)
+    assert P.replace(t, **teachers) == params.train
