@@ -19,8 +19,9 @@ COMPETITION = "dogs-vs-cats-redux-kernels-edition"
 TINY_SET = [f"--set={k}={v}" for k, v in TINY.items()]
 
 
-def bench(script: str, *args: str, cwd=ROOT, timeout: float = 600) -> dict:
-    """Run bench/`script` and return the JSON object it printed (the first one)."""
+def bench(script: str, *args: str, cwd=ROOT, timeout: float = 600, opens: str = "{", last: bool = False):
+    """Run bench/`script` and return the first JSON value it printed that `opens` starts (an object, or "[" a
+    list), or with `last` the last one that starts a line: where a bench prints its result after its progress."""
     result = subprocess.run(
         [str(BIN / "python"), str(ROOT / "bench" / script), *args],
         cwd=cwd,
@@ -31,7 +32,7 @@ def bench(script: str, *args: str, cwd=ROOT, timeout: float = 600) -> dict:
     )
     assert result.returncode == 0, f"{script}: {result.stderr[-3000:]}"
     out = result.stdout
-    start = out.index("{")
+    start = out.rindex("\n" + opens) + 1 if last else out.index(opens)
     obj, _ = json.JSONDecoder().raw_decode(out[start:])
     return obj
 
@@ -101,9 +102,12 @@ def test_speed_trains_on_real_and_synthetic_input():
     assert r["prepare_96_peak_rss_mb"] > 0 and r["train_96_peak_rss_mb"] > 0
 
 
-def test_bf16_trains_in_both_precisions():
-    r = bench("bf16.py", "--images", "64", "--seeds", "1", "--epochs", "1")
-    assert r
+def test_bf16_trains_in_both_precisions(tmp_path):
+    bench("bf16.py", "--images", "64", "--seeds", "1", "--epochs", "1", "--json", str(tmp_path / "bf16.json"))
+    r = json.loads((tmp_path / "bf16.json").read_text())
+    assert [run["policy"] for run in r["runs"]] == ["float32", "mixed_bfloat16"]
+    f32, bf = (run["holdout_log_loss"] for run in r["runs"])
+    assert f32 > 0 and bf > 0 and r["summary"]["holdout_log_loss"]["bf16_minus_float32"] == round(bf - f32, 4)
 
 
 def test_multiworker_trains_one_model_on_two_workers(shared):
@@ -113,17 +117,23 @@ def test_multiworker_trains_one_model_on_two_workers(shared):
 
 def test_quantize_reads_a_project(project):
     r = bench("quantize.py", "--project", str(project), "--algorithms", "min_max_uniform_quantize")
-    assert r
+    assert 0 <= r["keras"]["accuracy"] <= 1 and r["keras"]["log_loss"] > 0
+    # one int4 form per activation type and choice of ends, each scored and smaller than the int8 file
+    forms = {(v["algorithm"], v["activations"], v["ends_at_8_bits"]) for v in r["variants"]}
+    assert forms == {("min_max_uniform_quantize", a, e) for a in ("int8", "float") for e in (True, False)}
+    assert all(0 < v["bytes"] < r["int8_anatomy"]["int8 as shipped"]["bytes"] for v in r["variants"])
 
 
 def test_resolution_scores_a_project_at_other_sizes(project):
-    r = bench("resolution.py", str(project), "32", "40")
-    assert r
+    rows = bench("resolution.py", str(project), "32", "40", opens="[")
+    assert [row["size"] for row in rows] == [32, 40]
+    assert all(row["holdout_log_loss"] > 0 and row["temperature"] > 0 for row in rows)
 
 
 def test_averaging_trains_and_scores_each_decay(project):
-    r = bench("averaging.py", str(project), "--decays", "0", "0.9")
-    assert r
+    r = bench("averaging.py", str(project), "--decays", "0", "0.9", last=True)
+    assert [row["decay"] for row in r["results"]] == [0.0, 0.9]
+    assert all(row["holdout_log_loss"] > 0 and 0 <= row["holdout_accuracy"] <= 1 for row in r["results"])
 
 
 def test_serve_load_sends_the_hostile_mix(project):
