@@ -622,6 +622,13 @@ def test_the_resolution_table_and_the_spread_are_their_result_files():
     assert all(three["members"][s] == two["members"][s] for s in ("42", "7"))
     assert two["edge"]["seed"] == 42 and two["edge"]["kaggle_log_loss"] == one["kaggle_log_loss"]
     assert three["edge"]["seed"] == 1
+    big, big_pair = (_load(f"bench/results/accuracy-full-data-192px-{n}kaggle-large.json") for n in RESOLUTION[:2])
+    assert big_pair["overrides"] == {**two["overrides"], "prepare.image_size": 192}
+    assert big_pair["members"]["42"]["holdout"] == {
+        "accuracy": big["holdout_accuracy"],
+        "log_loss": big["holdout_log_loss"],
+    }
+    assert big_pair["edge"]["seed"] == 42 and big_pair["edge"]["kaggle_log_loss"] == big["kaggle_log_loss"]
 
     expected = {
         "seed 42 at 128 px": _run_cells(low, low_kaggle),
@@ -630,6 +637,9 @@ def test_the_resolution_table_and_the_spread_are_their_result_files():
         "the two combined: the recipe": _run_cells(two, two["kaggle_log_loss"]),
         "seed 1 at 160 px (the three's edge net)": _member_cells(three, "1", three["edge"]["kaggle_log_loss"]),
         "the three combined": _run_cells(three, three["kaggle_log_loss"]),
+        "seed 42 at 192 px (the 192-px pair's edge net)": _run_cells(big, big["kaggle_log_loss"]),
+        "seed 7 at 192 px": _member_cells(big_pair, "7"),
+        "the two combined at 192 px": _run_cells(big_pair, big_pair["kaggle_log_loss"]),
     }
     assert rows.keys() == expected.keys()
     for name, want in expected.items():
@@ -664,6 +674,9 @@ def test_the_readmes_recipe_paragraph_is_its_result_files():
     # each run's repro covers the stages it ran: the one net's, then each added member's
     one = _load("bench/results/accuracy-full-data-160px-kaggle-large.json")
     assert int(found.group(10)) == round(sum(r["repro_wall_s"] for r in (one, two, three)) / 60)
+    big = _load("bench/results/accuracy-full-data-192px-ensemble2-kaggle-large.json")
+    said = f"At 192 px the pair scores {big['kaggle_log_loss']:.4f} and {big['holdout_log_loss']:.3f} in "
+    assert said + f"{round(big['train_wall_s'] / 60)} minutes, within the bound" in text
 
 
 def test_the_full_data_recipe_is_its_file_the_readmes_command_and_the_recorded_run():
