@@ -19,9 +19,9 @@ COMPETITION = "dogs-vs-cats-redux-kernels-edition"
 TINY_SET = [f"--set={k}={v}" for k, v in TINY.items()]
 
 
-def bench(script: str, *args: str, cwd=ROOT, timeout: float = 600, opens: str = "{", last: bool = False):
-    """Run bench/`script` and return the first JSON value it printed that `opens` starts (an object, or "[" a
-    list), or with `last` the last one that starts a line: where a bench prints its result after its progress."""
+def bench(script: str, *args: str, cwd=ROOT, timeout: float = 600, last: bool = False):
+    """Run bench/`script` and return the first JSON object it printed, or with `last` the last JSON object or
+    list that starts a line: where a bench prints its result after its progress."""
     result = subprocess.run(
         [str(BIN / "python"), str(ROOT / "bench" / script), *args],
         cwd=cwd,
@@ -32,7 +32,7 @@ def bench(script: str, *args: str, cwd=ROOT, timeout: float = 600, opens: str = 
     )
     assert result.returncode == 0, f"{script}: {result.stderr[-3000:]}"
     out = result.stdout
-    start = out.rindex("\n" + opens) + 1 if last else out.index(opens)
+    start = max(out.rfind("\n{"), out.rfind("\n[")) + 1 if last else out.index("{")
     obj, _ = json.JSONDecoder().raw_decode(out[start:])
     return obj
 
@@ -125,7 +125,7 @@ def test_quantize_reads_a_project(project):
 
 
 def test_resolution_scores_a_project_at_other_sizes(project):
-    rows = bench("resolution.py", str(project), "32", "40", opens="[")
+    rows = bench("resolution.py", str(project), "32", "40", last=True)
     assert [row["size"] for row in rows] == [32, 40]
     assert all(row["holdout_log_loss"] > 0 and row["temperature"] > 0 for row in rows)
 
