@@ -22,6 +22,11 @@ def _printed(rel: str) -> dict:
     return json.JSONDecoder().raw_decode((ROOT / rel).read_text())[0]
 
 
+def _prose(rel: str) -> str:
+    """A document's text on one line: a sentence reads the same wherever the lines break."""
+    return " ".join((ROOT / rel).read_text().split())
+
+
 def _table(marker: str, text: str = README) -> list[list[str]]:
     """The rows (cells, markdown stripped) of the first table after `<!-- marker` in `text`."""
     lines = text[text.index(f"<!-- {marker}") :].splitlines()[1:]
@@ -191,7 +196,7 @@ def test_the_arm64_sentence_is_its_result_file():
 
 
 def test_the_input_pipeline_figures_are_the_bench_result_and_the_recorded_training():
-    text = " ".join((ROOT / "docs/scaling.md").read_text().split())
+    text = _prose("docs/scaling.md")
     found = re.search(
         r"streams ([\d,]+) augmented photos a second at 96 px and ([\d,]+) at 128 px on the 2 cores, "
         r"about ([\d,]+) and ([\d,]+) per core, (\d+) to (\d+) times the (\d+) a second",
@@ -266,7 +271,7 @@ def test_the_readmes_unlabelled_sentence_is_its_result_files():
     assert found.group(2, 3) == (f"{long['holdout_accuracy']:.3f}", f"{long['holdout_log_loss']:.3f}")
     best = min(_load(row[-1])["holdout_log_loss"] for row in _table("scale") if "full data" not in row[0])
     assert long["holdout_log_loss"] < best  # "the best model from 2,000 labels here"
-    docs = " ".join((ROOT / "docs/unlabelled.md").read_text().split())
+    docs = _prose("docs/unlabelled.md")
     assert f"or {found.group(4)} times the teacher's" in docs  # the figure test_the_long_students_paragraph checks
     found = re.search(r"seed 7's reaches (\d\.\d+) / (\d\.\d+) from its teacher's (\d\.\d+) / (\d\.\d+)", text)
     second = _load("bench/results/accuracy-fixmatch-kaggle-large-seed7-112epochs.json")
@@ -278,7 +283,7 @@ def test_the_readmes_unlabelled_sentence_is_its_result_files():
 
 
 def test_the_full_data_students_paragraph_is_its_result_and_logs():
-    text = " ".join((ROOT / "docs/unlabelled.md").read_text().split())
+    text = _prose("docs/unlabelled.md")
     found = re.search(
         r"looked better, (\d\.\d+) against (\d\.\d+), so the fallback shipped it; .*? "
         r"The teacher is sure of (\d\.\d+) of the holdout and right on (\d\.\d+) of those, .*? "
@@ -308,7 +313,7 @@ def test_the_full_data_students_paragraph_is_its_result_and_logs():
 
 
 def test_the_short_students_figures_in_the_record_are_their_result_files():
-    text = " ".join((ROOT / "docs/unlabelled.md").read_text().split())
+    text = _prose("docs/unlabelled.md")
     found = re.search(
         r"on seed 42 the student matches its teacher's accuracy \((\d\.\d+)\) and lowers its log loss from "
         r"(\d\.\d+) to (\d\.\d+) \(Kaggle (\d\.\d+) to (\d\.\d+)\), in ([\d.]+) minutes against the "
@@ -342,7 +347,7 @@ def test_the_short_students_figures_in_the_record_are_their_result_files():
 
 
 def test_the_long_students_paragraph_is_its_result_file_and_its_logs():
-    text = " ".join((ROOT / "docs/unlabelled.md").read_text().split())
+    text = _prose("docs/unlabelled.md")
     found = re.search(
         r"A student of (\d+) epochs \(([\d,]+) steps\) from the same seed-42 teacher scored (\d\.\d+) / (\d\.\d+) "
         r"on the holdout \(Kaggle (\d\.\d+)\).*?: (\d\.\d) points and (\d\.\d+) of log loss over its teacher.*?"
@@ -384,7 +389,7 @@ def _gain(result: dict) -> tuple[float, float]:
 
 
 def test_the_second_long_students_paragraph_is_its_result_file_and_its_logs():
-    text = " ".join((ROOT / "docs/unlabelled.md").read_text().split())
+    text = _prose("docs/unlabelled.md")
     n = r"(\d\.\d+)"
     found = re.search(
         rf"\*\*The second seed at the default length\.\*\*.*? scored {n} / {n} on the holdout \(Kaggle {n}\) "
@@ -449,7 +454,7 @@ def _share_dip(rel: str) -> tuple[str, str, str, str]:
 
 
 def test_the_gentler_students_paragraph_is_its_result_files_and_logs():
-    text = " ".join((ROOT / "docs/unlabelled.md").read_text().split())
+    text = _prose("docs/unlabelled.md")
     found = re.search(r"Gentler, on seed 7: .*?exactly \((\d\.\d+) / (\d\.\d+)\), and trained (\d+) epochs", text)
     assert found, "the gentler students' paragraph has changed: update this test with it"
     long = _load("bench/results/accuracy-fixmatch-kaggle-large-seed7-112epochs.json")
@@ -693,7 +698,7 @@ def test_the_full_data_recipe_is_its_file_the_readmes_command_and_the_recorded_r
 
 
 def test_the_unsmoothed_long_students_paragraph_and_where_it_ends_are_the_result_files():
-    text = " ".join((ROOT / "docs/unlabelled.md").read_text().split())
+    text = _prose("docs/unlabelled.md")
     n = r"(\d\.\d+)"
     found = re.search(
         rf"\*\*No smoothing at the default length\.\*\*.*? scored {n} / {n} on the holdout \(Kaggle {n}\), against the "
@@ -754,8 +759,9 @@ def test_the_unsmoothed_long_students_paragraph_and_where_it_ends_are_the_result
     assert found, "the closing paragraph has changed: update this test with it"
     g = found.groups()
     seed42 = _load("bench/results/accuracy-fixmatch-kaggle-large-seed42-112epochs.json")
+    rows = _table("unlabelled-record", (ROOT / "docs/unlabelled.md").read_text())
     best = {}
-    for row in _table("unlabelled-record", (ROOT / "docs/unlabelled.md").read_text()):
+    for row in rows:
         result = _load(f"bench/results/{row[-1]}")
         large = result["competition"].endswith("kaggle-large/dogs-vs-cats-redux-kernels-edition")
         if row[1] != "hard labels" and large and "split.n_train" not in result.get("overrides", {}):  # 2,000 labels
@@ -768,13 +774,12 @@ def test_the_unsmoothed_long_students_paragraph_and_where_it_ends_are_the_result
     assert g[3] == f"{100 * (0.95 - r['holdout_accuracy']):.1f}"
     assert g[4:6] == (f"{seed42['holdout_log_loss'] - 0.14:.3f}", f"{r['holdout_log_loss'] - 0.14:.3f}")
     assert int(g[6]) == round(r["train_wall_s"] / t["train_wall_s"])
-    rows = _table("unlabelled-record", (ROOT / "docs/unlabelled.md").read_text())
     count = sum(row[1].startswith(("FixMatch", "control")) for row in rows)
     assert g[7] == {16: "sixteen", 17: "seventeen", 18: "eighteen", 19: "nineteen"}.get(count)
 
 
 def test_the_fallbacks_reason_is_the_small_fixtures_long_student():
-    text = " ".join((ROOT / "docs/unlabelled.md").read_text().split())
+    text = _prose("docs/unlabelled.md")
     found = re.search(
         r"on the small fixture's 500 test photos a (\d+)-epoch student fell from its teacher's "
         r"(\d\.\d+) / (\d\.\d+) to (\d\.\d+) / (\d\.\d+)",
@@ -806,7 +811,7 @@ def test_the_fallbacks_reason_is_the_small_fixtures_long_student():
 
 
 def test_the_small_pools_collapse_is_in_its_validation_logs():
-    text = " ".join((ROOT / "docs/unlabelled.md").read_text().split())
+    text = _prose("docs/unlabelled.md")
     found = re.search(
         r"validation 0\.500 at epochs (\d+) to (\d+) on seed 42 and (\d+) to (\d+) on seed 7 .*? "
         r"Seed 42 climbed back to (\d\.\d+), seed 7 only to (\d\.\d+)\.",
