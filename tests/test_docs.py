@@ -753,7 +753,7 @@ def test_the_unsmoothed_long_students_paragraph_and_where_it_ends_are_the_result
         rf"\*\*Where it ends\.\*\* The best student from each seed scores {n} on the holdout: seed 42's at the "
         rf"default \(log loss {n}\), seed 7's with no smoothing \({n}\)\. Both are (\d\.\d) points short of 0\.95 "
         rf"and {n} to {n} of log loss past 0\.14, at about (\d+) times their teacher's time.*?after the (\w+) "
-        r"FixMatch runs recorded above",
+        rf"FixMatch runs recorded above\..*?and no smoothing \((\d\.\d) points, {n} on Kaggle\)",
         text,
     )
     assert found, "the closing paragraph has changed: update this test with it"
@@ -776,6 +776,10 @@ def test_the_unsmoothed_long_students_paragraph_and_where_it_ends_are_the_result
     assert int(g[6]) == round(r["train_wall_s"] / t["train_wall_s"])
     count = sum(row[1].startswith(("FixMatch", "control")) for row in rows)
     assert g[7] == {16: "sixteen", 17: "seventeen", 18: "eighteen", 19: "nineteen"}.get(count)
+    assert g[8:] == (
+        f"{100 * (r['holdout_accuracy'] - smoothed['holdout_accuracy']):.1f}",
+        f"{smoothed['kaggle_log_loss'] - r['kaggle_log_loss']:.3f}",
+    )
 
 
 def test_the_fallbacks_reason_is_the_small_fixtures_long_student():
