@@ -607,13 +607,19 @@ def _member_cells(r: dict, seed: str, kaggle: float | None = None) -> list[str]:
     return _cells(m["holdout"]["accuracy"], m["holdout"]["log_loss"], m["val"]["log_loss"], kaggle, m["train_wall_s"])
 
 
+def _full_data(px: int, members: int) -> dict:
+    """The full-data run at `px` with `members` members: one net, or a member added to the kept run before."""
+    ensemble = f"ensemble{members}-" if members > 1 else ""
+    return _load(f"bench/results/accuracy-full-data-{px}px-{ensemble}kaggle-large.json")
+
+
 def test_the_resolution_table_and_the_spread_are_their_result_files():
     docs = (ROOT / "docs/ensembles.md").read_text()
     rows = {row[0]: row[1:] for row in _table("resolution", docs)}
     low = _load("bench/results/accuracy-full-data-kaggle-large.json")
     clips = _load("bench/results/clip-full-data-kaggle-large-seed42-teacher.json")["clips"]
     low_kaggle = next(row["kaggle_log_loss"] for row in clips if row["clip"] == 0.001)
-    one, two, three = (_load(f"bench/results/accuracy-full-data-160px-{n}kaggle-large.json") for n in RESOLUTION)
+    one, two, three = (_full_data(160, members) for members in (1, 2, 3))
     assert one["overrides"]["prepare.image_size"] == two["overrides"]["prepare.image_size"] == 160
     assert one["overrides"]["submission.clip"] == two["overrides"]["submission.clip"] == 0.001
     assert three["overrides"] == {**two["overrides"], "ensemble.seeds": [42, 7, 1]}
@@ -622,7 +628,7 @@ def test_the_resolution_table_and_the_spread_are_their_result_files():
     assert all(three["members"][s] == two["members"][s] for s in ("42", "7"))
     assert two["edge"]["seed"] == 42 and two["edge"]["kaggle_log_loss"] == one["kaggle_log_loss"]
     assert three["edge"]["seed"] == 1
-    big, big_pair = (_load(f"bench/results/accuracy-full-data-192px-{n}kaggle-large.json") for n in RESOLUTION[:2])
+    big, big_pair = _full_data(192, 1), _full_data(192, 2)
     assert big_pair["overrides"] == {**two["overrides"], "prepare.image_size": 192}
     assert big_pair["members"]["42"]["holdout"] == {
         "accuracy": big["holdout_accuracy"],
@@ -650,9 +656,6 @@ def test_the_resolution_table_and_the_spread_are_their_result_files():
     assert f"At 160 px the seeds differ more than at 128 px: {sds}" in text
 
 
-RESOLUTION = ("", "ensemble2-", "ensemble3-")  # one net, then a second and a third member added
-
-
 def test_the_readmes_recipe_paragraph_is_its_result_files():
     text = _prose("README.md")
     found = re.search(
@@ -664,8 +667,8 @@ def test_the_readmes_recipe_paragraph_is_its_result_files():
         text,
     )
     assert found, "the README's recipe paragraph has changed: update this test with it"
-    pair = _load("bench/results/accuracy-full-data-192px-ensemble2-kaggle-large.json")
-    one, two, three = (_load(f"bench/results/accuracy-full-data-160px-{n}kaggle-large.json") for n in RESOLUTION)
+    pair = _full_data(192, 2)
+    one, two, three = (_full_data(160, members) for members in (1, 2, 3))
     assert int(found.group(1)) == pair["overrides"]["prepare.image_size"]
     assert found.group(2, 4) == (f"{pair['kaggle_log_loss']:.3f}", f"{pair['holdout_log_loss']:.3f}")
     assert found.group(3) == f"{pair['kaggle_log_loss'] - 0.0613:.3f}"
@@ -693,7 +696,7 @@ def test_the_full_data_recipe_is_its_file_the_readmes_command_and_the_recorded_r
     words = command.split()[3:]
     pairs = dict(w.strip("'").split("=", 1) for w in words[1::2])
     assert words[0::2] == ["-S"] * len(pairs) and {k: yaml.safe_load(v) for k, v in pairs.items()} == recipe
-    run = _load("bench/results/accuracy-full-data-192px-ensemble2-kaggle-large.json")
+    run = _full_data(192, 2)
     assert run["overrides"] == recipe and "kaggle-large" in run["competition"]
 
 
