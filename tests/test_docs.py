@@ -933,3 +933,63 @@ def test_the_small_pools_collapse_is_in_its_validation_logs():
         collapsed = [a for e, a in rows.items() if int(first) <= e <= int(last)]
         assert collapsed and all(abs(a - 0.5) < 0.005 for a in collapsed), seed  # one class: chance on balanced photos
         assert f"{rows[max(rows)]:.3f}" == end, seed
+
+
+def test_the_full_data_distilled_edge_net_is_its_result_file():
+    docs = (ROOT / "docs/ensembles.md").read_text()
+    rows = {row[0]: row[1:] for row in _table("distilled-full", docs)}
+    three = _full_data(192, 3)
+    distilled = _load("bench/results/accuracy-full-data-192px-ensemble3-distilled-kaggle-large.json")
+    e, copied = distilled["edge"], three["edge"]
+    assert distilled["overrides"] == {**three["overrides"], "edge.distil": True, "edge.epochs": e["epochs"]}
+    assert e["distilled"] and not copied["distilled"] and e["seed"] == copied["seed"] == 1
+    member = three["members"]["1"]
+    expected = {
+        "seed 1, copied": [
+            f"{copied['holdout_accuracy']:.3f}",
+            f"{copied['holdout_log_loss']:.3f}",
+            f"{copied['kaggle_log_loss']:.4f}",
+            f"{member['train_wall_s'] / 60:.1f} min",
+        ],
+        f"seed 1, distilled from the three for {e['epochs']} epochs": [
+            f"{e['holdout_accuracy']:.3f}",
+            f"{e['holdout_log_loss']:.3f}",
+            f"{e['kaggle_log_loss']:.4f}",
+            f"+ {e['wall_s'] / 60:.1f} min",
+        ],
+        "for comparison: the three combined": [
+            *_scores(three, *HOLDOUT),
+            f"{three['kaggle_log_loss']:.4f}",
+            f"{three['train_wall_s'] / 60:.1f} min",
+        ],
+    }
+    assert rows.keys() == expected.keys()
+    for name, want in expected.items():
+        assert rows[name][:3] == want[:3] and rows[name][3].startswith(want[3]), name
+    text = _prose("docs/ensembles.md")
+    n = r"(\d\.\d+)"
+    found = re.search(
+        rf"\*\*Distillation takes {n} off the edge net's Kaggle score\*\*, the best single net measured here, and "
+        rf"{n} off its holdout log loss: about a third of what the ensemble gains over it \({n}\).*?fell to {n} / {n} "
+        rf"at epoch (\d+) and ended at {n} / {n}\. - Each epoch took (\d+) to (\d+) s",
+        text,
+    )
+    assert found, "docs/ensembles.md's distilled full-data paragraph has changed: update this test with it"
+    g = found.groups()
+    gain, whole = copied["kaggle_log_loss"] - e["kaggle_log_loss"], copied["kaggle_log_loss"] - three["kaggle_log_loss"]
+    assert g[:3] == (f"{gain:.4f}", f"{copied['holdout_log_loss'] - e['holdout_log_loss']:.4f}", f"{whole:.4f}")
+    assert 0.25 < gain / whole < 0.42  # "about a third"
+    singles = [_full_data(px, 1)["kaggle_log_loss"] for px in (160, 192)] + [copied["kaggle_log_loss"]]
+    assert e["kaggle_log_loss"] < min(singles)  # "the best single net measured here"
+    val = {
+        row["epoch"]: row
+        for row in _rows("bench/results/distil-full-data-192px-ensemble3-kaggle-large-edge-val-log.csv")
+    }
+    at = val[g[5]]
+    assert g[3:5] == (f"{float(at['val_accuracy']):.3f}", f"{float(at['val_log_loss']):.3f}")
+    last = val[str(e["epochs"])]
+    assert g[6:8] == (f"{float(last['val_accuracy']):.3f}", f"{float(last['val_log_loss']):.3f}")
+    seconds = [
+        float(r["train_s"]) for r in _rows("bench/results/distil-full-data-192px-ensemble3-kaggle-large-edge-log.csv")
+    ]
+    assert (int(g[8]), int(g[9])) == (round(min(seconds)), round(max(seconds)))
